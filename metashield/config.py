@@ -1,0 +1,167 @@
+"""Run configuration: YAML validated by pydantic, with ``--set a.b=c`` overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+Algorithm = Literal["maml", "fomaml", "metasgd", "reptile", "anil", "protonet"]
+Baseline = Literal["finetune", "scratch", "knn", "logreg"]
+ALGORITHMS: tuple[str, ...] = ("maml", "fomaml", "metasgd", "reptile", "anil", "protonet")
+BASELINES: tuple[str, ...] = ("finetune", "scratch", "knn", "logreg")
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid; the message names the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TabularSource(_Strict):
+    """A user's own CSV/Parquet file with one family label per row."""
+
+    path: Path
+    label_column: str
+    benign_label: str
+    drop_columns: list[str] = Field(default_factory=list)
+    categorical_columns: list[str] | None = None
+    log_columns: list[str] = Field(default_factory=list)
+    on_bad_rows: Literal["error", "drop"] = "error"
+
+
+class DataConfig(_Strict):
+    dataset: str = "nsl-kdd"
+    """A registry name (``metashield data list``) or ``tabular`` for ``tabular.path``."""
+    tabular: TabularSource | None = None
+    benign_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
+    """Benign rows split into meta-train / meta-val / meta-test slices."""
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        if self.dataset == "tabular" and self.tabular is None:
+            raise ValueError("dataset 'tabular' needs a 'tabular' section with path, label_column, benign_label")
+        if abs(sum(self.benign_fractions) - 1.0) > 1e-6 or min(self.benign_fractions) <= 0:
+            raise ValueError(f"benign_fractions must be three positive numbers summing to 1, got {self.benign_fractions}")
+        return self
+
+
+class SplitConfig(_Strict):
+    """Leave-families-out split; explicit lists win, the rest is drawn with ``seed``."""
+
+    val_families: list[str] | None = None
+    test_families: list[str] | None = None
+    n_val: int = Field(5, ge=0)
+    n_test: int = Field(10, ge=0)
+    seed: int = 0
+
+
+class ModelConfig(_Strict):
+    hidden: list[int] = Field(default_factory=lambda: [256, 256])
+
+
+class MetaConfig(_Strict):
+    """Meta-learning hyper-parameters shared by the algorithms."""
+
+    inner_lr: float = Field(0.01, gt=0)
+    inner_steps: int = Field(5, ge=1)
+    outer_lr: float = Field(1e-3, gt=0)
+    """Adam step size of the meta-update (all but Reptile)."""
+    reptile_outer_lr: float = Field(0.1, gt=0, le=1)
+    """Reptile's interpolation step: theta <- theta + eps * mean(theta' - theta)."""
+
+
+class TrainConfig(_Strict):
+    algorithms: list[Algorithm] = Field(default_factory=lambda: list(ALGORITHMS))
+    kind: Literal["detect", "classify"] = "detect"
+    ways: int = Field(2, ge=2)
+    shots: int = Field(5, ge=1)
+    queries: int = Field(15, ge=1)
+    tasks_per_batch: int = Field(16, ge=1)
+    steps: int = Field(2000, ge=1)
+    eval_every: int = Field(100, ge=1)
+    patience: int = Field(5, ge=1)
+    """Stop after this many evaluations without a better meta-val score."""
+    val_episodes: int = Field(10, ge=1)
+    """Episodes per meta-val family at each evaluation."""
+    pretrain_steps: int = Field(2000, ge=1)
+    """Supervised steps of the pretrain + fine-tune baseline."""
+
+
+class EvaluateConfig(_Strict):
+    shots: list[int] = Field(default_factory=lambda: [1, 5, 10])
+    episodes_per_family: int = Field(50, ge=1)
+    attack_queries: int = Field(200, ge=1)
+    benign_queries: int = Field(2000, ge=1)
+    baselines: list[Baseline] = Field(default_factory=lambda: list(BASELINES))
+    tune_episodes: int = Field(10, ge=1)
+    """Episodes per meta-val family when choosing hyper-parameters."""
+
+
+class Config(_Strict):
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    data: DataConfig = Field(default_factory=DataConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    meta: MetaConfig = Field(default_factory=MetaConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+
+
+def _set_key(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: '{part}' is a value, not a section")
+        node = child
+    node[leaf] = value
+
+
+def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b=c`` strings; the value is parsed as YAML (``0.1``, ``[1, 5]``, ``true``)."""
+    tree = dict(tree)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.steps=500")
+        _set_key(tree, key.strip(), yaml.safe_load(raw))
+    return tree
+
+
+def config_from_dict(tree: dict[str, Any], source: str = "config") -> Config:
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            lines.append(f"  {key}: {msg} (got {err.get('input')!r})")
+        raise ConfigError(f"{source}: invalid configuration\n" + "\n".join(lines)) from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML file (safe loader) or the defaults when ``path`` is None, then apply overrides."""
+    tree: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level, got {type(loaded).__name__}")
+        tree = loaded or {}
+    return config_from_dict(apply_overrides(tree, overrides or []), source)

@@ -1,0 +1,3 @@
+from metashield.models.mlp import MLP
+
+__all__ = ["MLP"]
