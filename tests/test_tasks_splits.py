@@ -1,0 +1,88 @@
+"""Family splits, conflicting-row removal and the benign split."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from metashield.tasks.splits import FamilySplit, drop_conflicting_rows, split_benign, split_families
+
+FAMS = [f"f{i}" for i in range(10)]
+
+
+def test_split_families_draws_seeded_and_disjoint() -> None:
+    s = split_families(FAMS, n_val=2, n_test=3, seed=1)
+    assert (len(s.train), len(s.val), len(s.test)) == (5, 2, 3)
+    assert sorted(s.train + s.val + s.test) == FAMS
+    assert split_families(list(reversed(FAMS)), n_val=2, n_test=3, seed=1) == s
+    others = [split_families(FAMS, n_val=2, n_test=3, seed=k).test for k in range(2, 8)]
+    assert any(t != s.test for t in others)
+
+
+def test_split_families_explicit_lists_win() -> None:
+    s = split_families(FAMS, val=["f0"], test=["f1", "f2"], n_val=4, n_test=4)
+    assert (s.val, s.test) == (["f0"], ["f1", "f2"])
+    assert s.train == FAMS[3:]
+    s = split_families(FAMS, test=["f9"], n_val=2, seed=0)
+    assert s.test == ["f9"] and len(s.val) == 2 and "f9" not in s.val + s.train
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"val": ["nope"]}, r"val: unknown families \['nope'\]"),
+        ({"test": ["f1", "zzz"]}, r"test: unknown families \['zzz'\]"),
+        ({"val": ["f1"], "test": ["f1"]}, r"val and test both contain \['f1'\]"),
+        ({"n_val": 5, "n_test": 5}, "no family left for training"),
+        ({"n_val": 6, "n_test": 5}, "exceed"),
+        ({"n_val": -1}, "n_val"),
+    ],
+)
+def test_split_families_errors(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        split_families(FAMS, **kwargs)
+
+
+def test_family_split_round_trip() -> None:
+    s = split_families(FAMS, n_val=1, n_test=2)
+    assert FamilySplit.from_dict(s.to_dict()) == s
+    with pytest.raises(ValueError, match="missing keys"):
+        FamilySplit.from_dict({"train": []})
+
+
+def test_drop_conflicting_rows_numpy() -> None:
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((12, 3)).astype(np.float32)
+    fam = np.array(["a"] * 6 + ["b"] * 6, dtype=object)
+    X[[0, 1, 6]] = X[0]  # the same row with labels a, a, b: every copy goes
+    X[[2, 3, 4]] = X[2]  # duplicated with one label: kept
+    X[7] = X[8] = np.nan  # NaN rows compare equal; both labelled b, kept
+    keep, n_dropped = drop_conflicting_rows(X, fam)
+    assert n_dropped == 3
+    assert not keep[[0, 1, 6]].any() and keep[[2, 3, 4, 5, 7, 8, 9, 10, 11]].all()
+
+
+def test_drop_conflicting_rows_dataframe_and_zero_sign() -> None:
+    frame = pd.DataFrame({"proto": ["tcp", "tcp", "udp", "udp", "tcp"], "bytes": [0.0, -0.0, 1.0, 1.0, 5.0]})
+    fam = np.array(["a", "b", "a", "a", "b"], dtype=object)
+    keep, n_dropped = drop_conflicting_rows(frame, fam)
+    assert n_dropped == 2  # 0.0 == -0.0: rows 0 and 1 are the same vector with two labels
+    assert keep.tolist() == [False, False, True, True, True]
+
+
+def test_drop_conflicting_rows_length_mismatch() -> None:
+    with pytest.raises(ValueError, match="family has 2 labels"):
+        drop_conflicting_rows(np.zeros((3, 2)), np.array(["a", "b"]))
+
+
+def test_split_benign() -> None:
+    idx = np.arange(100, 200)
+    tr, va, te = split_benign(idx, seed=3)
+    assert (len(tr), len(va), len(te)) == (60, 20, 20)
+    assert np.array_equal(np.sort(np.concatenate([tr, va, te])), idx)
+    again = split_benign(idx, seed=3)
+    assert all(np.array_equal(a, b) for a, b in zip((tr, va, te), again, strict=True))
+    assert not np.array_equal(split_benign(idx, seed=4)[2], te)
+    with pytest.raises(ValueError, match="fractions"):
+        split_benign(idx, fractions=(0.5, 0.2, 0.2))
