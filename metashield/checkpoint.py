@@ -30,7 +30,9 @@ def versions() -> dict[str, str]:
     }
 
 
-def save_checkpoint(directory: str | Path, name: str, tensors: dict[str, torch.Tensor], metadata: dict) -> None:
+def save_checkpoint(
+    directory: str | Path, name: str, tensors: dict[str, torch.Tensor], metadata: dict
+) -> None:
     """Write ``<name>.safetensors`` then ``<name>.json``; the JSON is written last so its presence means both
     files are complete."""
     directory = Path(directory)

@@ -44,9 +44,13 @@ class DataConfig(_Strict):
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
         if self.dataset == "tabular" and self.tabular is None:
-            raise ValueError("dataset 'tabular' needs a 'tabular' section with path, label_column, benign_label")
+            raise ValueError(
+                "dataset 'tabular' needs a 'tabular' section with path, label_column, benign_label"
+            )
         if abs(sum(self.benign_fractions) - 1.0) > 1e-6 or min(self.benign_fractions) <= 0:
-            raise ValueError(f"benign_fractions must be three positive numbers summing to 1, got {self.benign_fractions}")
+            raise ValueError(
+                f"benign_fractions must be three positive numbers summing to 1, got {self.benign_fractions}"
+            )
         return self
 
 
@@ -58,6 +62,9 @@ class SplitConfig(_Strict):
     n_val: int = Field(5, ge=0)
     n_test: int = Field(10, ge=0)
     seed: int = 0
+    min_rows: int = Field(11, ge=1)
+    """Only families with at least this many rows are drawn at random for val/test (the largest shot count
+    + 1 by default); smaller ones stay in meta-train. Explicit lists are taken as given."""
 
 
 class ModelConfig(_Strict):
@@ -100,6 +107,13 @@ class EvaluateConfig(_Strict):
     baselines: list[Baseline] = Field(default_factory=lambda: list(BASELINES))
     tune_episodes: int = Field(10, ge=1)
     """Episodes per meta-val family when choosing hyper-parameters."""
+    finetune_lrs: list[float] = Field(default_factory=lambda: [0.003, 0.01, 0.03, 0.1])
+    finetune_steps: list[int] = Field(default_factory=lambda: [5, 20, 50])
+    """Fine-tuning grid (all layers or head only; plus the pretrained model without fine-tuning)."""
+    scratch_lrs: list[float] = Field(default_factory=lambda: [0.03, 0.1, 0.3])
+    scratch_steps: list[int] = Field(default_factory=lambda: [20, 100])
+    logreg_cs: list[float] = Field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0, 100.0])
+    """Inverse L2 strengths searched for logistic regression."""
 
 
 class Config(_Strict):

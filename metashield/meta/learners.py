@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from metashield.meta import lowrank
 from metashield.meta._checks import check_episode, check_x
 from metashield.meta.inner import LossFn, Params, StepSizes, adapt_tasks, predict_tasks, query_losses
 
@@ -61,6 +62,15 @@ class GradientLearner(nn.Module):
             "first_order": self.first_order,
         }
 
+    def _fused(self, *targets: Tensor) -> bool:
+        """Whether ``metashield.meta.lowrank`` computes this learner's loop exactly: a scalar step on every
+        parameter of a Linear/ReLU stack under mean cross-entropy (MAML, FOMAML, Reptile on ``MLP``)."""
+        return (
+            isinstance(self._step_sizes(), float)
+            and len(self._adapted()) == sum(1 for _ in self.model.parameters())
+            and lowrank.supported(self.model, self.loss_fn, *targets)
+        )
+
     def _cast(self, t: Tensor) -> Tensor:
         """Floating tensors in the model's dtype; integer class labels unchanged."""
         dtype = next(self.model.parameters()).dtype
@@ -101,6 +111,17 @@ class MetaLearner(GradientLearner):
         support [T, S, D], [T, S, ...]; query [T, Q, D], [T, Q, ...].
         """
         check_episode(support_x, support_y, query_x, query_y)
+        if self._fused(support_y, query_y):
+            return lowrank.query_loss(
+                self.model,
+                self.inner_lr,
+                self.inner_steps,
+                self.first_order,
+                self._cast(support_x),
+                support_y,
+                self._cast(query_x),
+                query_y,
+            )
         losses = query_losses(
             dict(self.model.named_parameters()),
             self._step_sizes(),

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from metashield.meta import lowrank
+from metashield.meta._checks import check_episode
 from metashield.meta.inner import LossFn
 from metashield.meta.learners import GradientLearner
 
@@ -29,6 +31,12 @@ class Reptile(GradientLearner):
     @torch.no_grad()
     def step(self, support_x: Tensor, support_y: Tensor) -> None:
         """One meta-update from a batch of tasks: support [T, S, D], [T, S, ...]."""
+        check_episode(support_x, support_y, None, None)
+        if self._fused(support_y):
+            lowrank.reptile_update(
+                self.model, self.inner_lr, self.inner_steps, self.outer_lr, self._cast(support_x), support_y
+            )
+            return
         adapted = self.adapt(support_x, support_y)
         for name, p in self.model.named_parameters():
             p.add_(adapted[name].mean(0) - p, alpha=self.outer_lr)

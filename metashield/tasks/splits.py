@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,13 +43,15 @@ def split_families(
     n_val: int = 0,
     n_test: int = 0,
     seed: int = 0,
+    eligible: Collection[str] | None = None,
 ) -> FamilySplit:
     """Split attack families into train / val / test.
 
     An explicit ``val`` or ``test`` list wins over the matching ``n_val`` / ``n_test`` (then ignored).
     The families not named explicitly are sorted, shuffled with ``seed``, and ``n_test`` then ``n_val``
     of them are drawn; the rest is train. Sorting first makes the result independent of the input
-    order. Each returned list is sorted.
+    order. Each returned list is sorted. ``eligible`` limits the random draw (e.g. to families with enough
+    rows for the largest shot count); the other families stay in train.
     """
     fams = list(families)
     dupes = sorted(f for f, c in Counter(fams).items() if c > 1)
@@ -71,11 +73,17 @@ def split_families(
 
     rest = sorted(known - set(val or ()) - set(test or ()))
     rest = [rest[i] for i in np.random.default_rng(seed).permutation(len(rest))]
+    if eligible is not None:
+        # Stable partition: the draw order among eligible families does not depend on the others.
+        allowed = set(eligible)
+        rest = [f for f in rest if f in allowed] + [f for f in rest if f not in allowed]
     n_test_draw = 0 if test is not None else n_test
     n_val_draw = 0 if val is not None else n_val
-    if n_test_draw + n_val_draw > len(rest):
+    n_drawable = len(rest) if eligible is None else sum(f in set(eligible) for f in rest)
+    if n_test_draw + n_val_draw > n_drawable:
         raise ValueError(
-            f"n_val={n_val_draw} + n_test={n_test_draw} exceed the {len(rest)} families not named explicitly"
+            f"n_val={n_val_draw} + n_test={n_test_draw} exceed the {n_drawable} eligible families not named "
+            "explicitly"
         )
     test_out = list(test) if test is not None else rest[:n_test_draw]
     val_out = list(val) if val is not None else rest[n_test_draw : n_test_draw + n_val_draw]

@@ -1,0 +1,138 @@
+"""Few-shot detection quality on NSL-KDD held-out families: every method, several family splits x seeds.
+
+    python benchmarks/few_shot_quality.py --splits 0,1,2 --seeds 0,1,2 --out runs/quality
+
+Each (split, seed) is a full ``metashield train`` + ``evaluate`` run of ``configs/nsl_kdd.yaml`` (resumable:
+finished runs are reused). The best meta-learner and the best baseline are chosen on meta-val families in
+each run; this script only pools the test results and writes ``quality.json`` and ``quality.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from metashield._atomic import atomic_write_json, atomic_write_text
+from metashield.config import load_config
+from metashield.workflow import evaluate_run, train_run
+
+REPO = Path(__file__).resolve().parents[1]
+METRIC = "tpr@1%fpr"
+
+
+def run_one(out: Path, split: int, seed: int, overrides: list[str], episodes: int | None) -> dict:
+    run = out / f"split{split}_seed{seed}"
+    config = load_config(
+        REPO / "configs" / "nsl_kdd.yaml", [f"split.seed={split}", f"seed={seed}", *overrides]
+    )
+    if not (run / "metrics.json").is_file():
+        train_run(config, run, resume=run.exists(), progress=False)
+        return evaluate_run(run, episodes_per_family=episodes)
+    return json.loads((run / "metrics.json").read_text())
+
+
+def _ci(values: np.ndarray, rng: np.random.Generator, n_boot: int = 4000) -> tuple[float, float, float]:
+    draws = rng.choice(values, size=(n_boot, len(values)), replace=True).mean(axis=1)
+    return float(values.mean()), float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))
+
+
+def pool(reports: list[dict]) -> dict:
+    """Per shot and method: mean over (run, family) units of the per-family mean, with a bootstrap CI over
+    those units; the val-chosen best meta-learner vs best baseline as a paired per-family difference."""
+    rng = np.random.default_rng(0)
+    out: dict = {}
+    for shot in reports[0]["shots"]:
+        methods = list(reports[0]["shots"][shot]["summary"])
+        units: dict[str, list[float]] = {m: [] for m in methods + ["best-meta", "best-baseline"]}
+        hard_gap: list[float] = []
+        for rep in reports:
+            entry = rep["shots"][shot]
+            fams = sorted(entry["summary"][methods[0]]["per_family"])
+            for m in methods:
+                units[m] += [entry["summary"][m]["per_family"][f][METRIC] for f in fams]
+            meta = [entry["summary"][entry["best_meta_learner"]]["per_family"][f][METRIC] for f in fams]
+            base = [entry["summary"][entry["best_baseline"]]["per_family"][f][METRIC] for f in fams]
+            units["best-meta"] += meta
+            units["best-baseline"] += base
+            hardest = np.argsort(base)[:3]
+            hard_gap.append(float(np.mean(np.array(meta)[hardest] - np.array(base)[hardest])))
+        diff = np.array(units["best-meta"]) - np.array(units["best-baseline"])
+        out[shot] = {
+            "methods": {
+                m: dict(zip(("mean", "lo", "hi"), _ci(np.array(v), rng), strict=True))
+                for m, v in units.items()
+            },
+            "best_meta_minus_best_baseline": dict(zip(("mean", "lo", "hi"), _ci(diff, rng), strict=True)),
+            "hardest3_gap_mean_over_runs": float(np.mean(hard_gap)),
+            "units": len(diff),
+        }
+    return out
+
+
+def markdown(pooled: dict, reports: list[dict], args: argparse.Namespace) -> str:
+    shots = list(pooled)
+    methods = list(pooled[shots[0]]["methods"])
+    lines = [
+        f"TPR@1%FPR (%) on held-out NSL-KDD families, splits {args.splits} x seeds {args.seeds}; "
+        "mean over (run, family) with 95% bootstrap CI over those units.",
+        "",
+        "| method | " + " | ".join(f"{s}-shot" for s in shots) + " |",
+        "|---|" + "---|" * len(shots),
+    ]
+    for m in methods:
+        cells = []
+        for s in shots:
+            r = pooled[s]["methods"][m]
+            cells.append(f"{100 * r['mean']:.1f} [{100 * r['lo']:.1f}, {100 * r['hi']:.1f}]")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    cells = []
+    for s in shots:
+        d = pooled[s]["best_meta_minus_best_baseline"]
+        cells.append(f"{100 * d['mean']:+.1f} [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}]")
+    lines.append("| best meta − best baseline (paired) | " + " | ".join(cells) + " |")
+    lines.append(
+        "| same, 3 hardest families | "
+        + " | ".join(f"{100 * pooled[s]['hardest3_gap_mean_over_runs']:+.1f}" for s in shots)
+        + " |"
+    )
+    picks = [
+        f"split{r['protocol'].get('split_seed', '?')}: "
+        + ", ".join(
+            f"{s}-shot {r['shots'][s]['best_meta_learner']}/{r['shots'][s]['best_baseline']}" for s in shots
+        )
+        for r in reports
+    ]
+    lines += ["", "Chosen on meta-val (best meta-learner / best baseline): " + "; ".join(picks)]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--splits", default="0,1,2")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--out", type=Path, default=Path("runs/quality"))
+    parser.add_argument("--episodes", type=int, help="episodes per family (default: the config's 50)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    reports = []
+    for split in (int(s) for s in args.splits.split(",")):
+        for seed in (int(s) for s in args.seeds.split(",")):
+            rep = run_one(args.out, split, seed, args.overrides, args.episodes)
+            rep["protocol"]["split_seed"] = split
+            reports.append(rep)
+    pooled = pool(reports)
+    atomic_write_json(args.out / "quality.json", {"pooled": pooled, "overrides": args.overrides})
+    text = markdown(pooled, reports, args)
+    atomic_write_text(args.out / "quality.md", text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

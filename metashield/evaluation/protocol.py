@@ -1,0 +1,112 @@
+"""Leave-families-out few-shot detection: identical episodes for every method, metrics per episode."""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from metashield.evaluation.baselines import Scorer
+from metashield.evaluation.metrics import episode_metrics
+from metashield.tasks import make_detect_episodes, stack_episodes
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EpisodeSet:
+    """All episodes of one held-out family at one shot count, stacked for a single vmapped call.
+
+    support_x [E,2K,D], support_y [E,2K], query_x [E,M,D] (torch); query_y [E,M] numpy (1 = attack).
+    """
+
+    family: str
+    shots: int
+    support_x: torch.Tensor
+    support_y: torch.Tensor
+    query_x: torch.Tensor
+    query_y: np.ndarray
+
+    @property
+    def n_benign_queries(self) -> int:
+        return int((self.query_y[0] == 0).sum())
+
+
+def episode_seed(seed: int, family: str, shots: int) -> int:
+    """A per-(family, shots) seed that does not depend on which other families or methods are evaluated."""
+    return int(np.random.SeedSequence([seed, zlib.crc32(family.encode()), shots]).generate_state(1)[0])
+
+
+def build_episode_sets(
+    X: np.ndarray,
+    family: np.ndarray,
+    families: Sequence[str],
+    benign_idx: np.ndarray,
+    *,
+    shots: int,
+    n_episodes: int,
+    attack_queries: int,
+    benign_queries: int,
+    seed: int,
+    device: torch.device | None = None,
+) -> dict[str, EpisodeSet]:
+    """Episodes for each family with at least ``shots + 1`` rows; the others are skipped with one warning."""
+    sets: dict[str, EpisodeSet] = {}
+    skipped = []
+    for name in families:
+        rows = np.flatnonzero(family == name)
+        if len(rows) < shots + 1:
+            skipped.append(f"{name} ({len(rows)} rows)")
+            continue
+        episodes = make_detect_episodes(
+            rows,
+            benign_idx,
+            family=name,
+            shots=shots,
+            n_episodes=n_episodes,
+            max_attack_queries=attack_queries,
+            benign_queries=benign_queries,
+            seed=episode_seed(seed, name, shots),
+        )
+        batch = stack_episodes(X, episodes)
+        t = batch.to_torch(device=device)
+        sets[name] = EpisodeSet(name, shots, t.support_x, t.support_y, t.query_x, batch.query_y)
+    if skipped:
+        log.warning(
+            "%d-shot: skipped families with fewer than %d rows: %s", shots, shots + 1, ", ".join(skipped)
+        )
+    return sets
+
+
+def score_set(scorer: Scorer, es: EpisodeSet, chunk: int = 25) -> np.ndarray:
+    """Scores [E, M]; episodes go through the scorer in chunks to bound memory."""
+    parts = [
+        scorer(es.support_x[i : i + chunk], es.support_y[i : i + chunk], es.query_x[i : i + chunk])
+        for i in range(0, es.support_x.shape[0], chunk)
+    ]
+    return np.concatenate(parts)
+
+
+def run_protocol(
+    methods: Mapping[str, Scorer], sets: Mapping[str, EpisodeSet], *, seed: int = 0
+) -> dict[str, dict[str, list[dict[str, float]]]]:
+    """Per-episode metrics: ``result[method][family]`` is a list (one dict per episode, in episode order)."""
+    out: dict[str, dict[str, list[dict[str, float]]]] = {}
+    for method, scorer in methods.items():
+        out[method] = {}
+        for fam, es in sets.items():
+            scores = score_set(scorer, es)
+            out[method][fam] = [
+                episode_metrics(scores[e], es.query_y[e], threshold=0.0, seed=seed + e)
+                for e in range(len(scores))
+            ]
+    return out
+
+
+def mean_metric(result: Mapping[str, list[dict[str, float]]], metric: str = "tpr@1%fpr") -> float:
+    """Mean over families of the per-family mean (every family weighs the same)."""
+    return float(np.mean([np.mean([ep[metric] for ep in eps]) for eps in result.values()]))

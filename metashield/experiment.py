@@ -1,0 +1,113 @@
+"""From a config to model-ready arrays: load, de-conflict, split families and benign rows, fit the features.
+
+This is the one place where data/ and tasks/ meet; the preprocessing is fitted on meta-training rows only.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from metashield.config import Config
+from metashield.data import BENIGN, FeaturePipeline, TabularData, load_dataset, load_tabular
+from metashield.tasks import FamilySplit, drop_conflicting_rows, split_benign, split_families
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prepared:
+    """Standardised features and the leave-families-out bookkeeping of one run.
+
+    X: float32 [n, D] features after the pipeline; family: [n] family names (BENIGN for benign rows).
+    benign: index arrays of the benign ``train`` / ``val`` / ``test`` slices.
+    """
+
+    X: np.ndarray
+    family: np.ndarray
+    split: FamilySplit
+    benign: dict[str, np.ndarray]
+    pipeline: FeaturePipeline
+    dataset: str
+    category: dict[str, str]
+
+    def family_rows(self, name: str) -> np.ndarray:
+        return np.flatnonzero(self.family == name)
+
+    def fit_mask(self) -> np.ndarray:
+        """Rows the preprocessing and meta-training may see: benign train slice + meta-train families."""
+        mask = np.isin(self.family, self.split.train)
+        mask[self.benign["train"]] = True
+        return mask
+
+
+def load_raw(config: Config) -> TabularData:
+    if config.data.dataset == "tabular":
+        src = config.data.tabular
+        return load_tabular(
+            src.path,
+            label_column=src.label_column,
+            benign_label=src.benign_label,
+            drop_columns=src.drop_columns,
+            categorical_columns=src.categorical_columns,
+            log_columns=src.log_columns,
+            on_bad_rows=src.on_bad_rows,
+        )
+    return load_dataset(config.data.dataset)
+
+
+def prepare(
+    config: Config,
+    *,
+    data: TabularData | None = None,
+    split: FamilySplit | None = None,
+    pipeline: FeaturePipeline | None = None,
+) -> Prepared:
+    """Build a :class:`Prepared` run; ``split``/``pipeline`` from a checkpoint reproduce it exactly."""
+    data = load_raw(config) if data is None else data
+    keep, _ = drop_conflicting_rows(data.frame, data.family)
+    data = data.subset(keep)
+    if split is None:
+        names, counts = np.unique(data.family, return_counts=True)
+        split = split_families(
+            data.attack_families,
+            val=config.split.val_families,
+            test=config.split.test_families,
+            n_val=config.split.n_val,
+            n_test=config.split.n_test,
+            seed=config.split.seed,
+            eligible=[f for f, c in zip(names, counts, strict=True) if c >= config.split.min_rows],
+        )
+    benign_rows = np.flatnonzero(data.family == BENIGN)
+    if len(benign_rows) == 0:
+        raise ValueError(f"{data.name}: no benign rows, cannot build detection episodes")
+    train_b, val_b, test_b = split_benign(
+        benign_rows, fractions=config.data.benign_fractions, seed=config.split.seed
+    )
+    prepared = Prepared(
+        X=np.empty((0, 0), np.float32),
+        family=data.family,
+        split=split,
+        benign={"train": train_b, "val": val_b, "test": test_b},
+        pipeline=pipeline if pipeline is not None else FeaturePipeline(),
+        dataset=data.name,
+        category=dict(data.category),
+    )
+    if pipeline is None:
+        prepared.pipeline.fit(data.subset(prepared.fit_mask()))
+    prepared.X = prepared.pipeline.transform(data.frame)
+    log.info(
+        "%s: %d rows, %d features; families train=%d val=%d test=%d; benign train/val/test=%d/%d/%d",
+        data.name,
+        len(data.family),
+        prepared.X.shape[1],
+        len(split.train),
+        len(split.val),
+        len(split.test),
+        len(train_b),
+        len(val_b),
+        len(test_b),
+    )
+    return prepared

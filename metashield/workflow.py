@@ -1,0 +1,339 @@
+"""The three jobs behind the CLI: ``train`` a run, ``evaluate`` it, and the ``demo`` that does both."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from metashield._atomic import atomic_write_json
+from metashield.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from metashield.config import Config, EvaluateConfig, config_from_dict
+from metashield.data import BENIGN, FeaturePipeline
+from metashield.device import resolve_device
+from metashield.evaluation.baselines import (
+    finetune_scorer,
+    knn_scorer,
+    learner_scorer,
+    logreg_scorer,
+    pretrain,
+    scratch_scorer,
+)
+from metashield.evaluation.protocol import build_episode_sets, mean_metric, run_protocol
+from metashield.evaluation.report import (
+    format_family_table,
+    format_table,
+    paired_difference,
+    summarise_method,
+)
+from metashield.experiment import Prepared, prepare
+from metashield.models import MLP
+from metashield.tasks import EpisodeSampler, FamilySplit
+from metashield.train import build_learner, meta_train
+
+log = logging.getLogger(__name__)
+
+
+def baseline_grids(ec: EvaluateConfig) -> dict[str, list[dict]]:
+    """Hyper-parameter grids of the baselines, searched on meta-val families at each shot count."""
+    finetune = [
+        {"lr": lr, "steps": steps, "head_only": head}
+        for lr in ec.finetune_lrs
+        for steps in ec.finetune_steps
+        for head in (False, True)
+    ]
+    return {
+        "finetune": finetune + [{"lr": 0.0, "steps": 0, "head_only": False}],
+        "scratch": [{"lr": lr, "steps": steps} for lr in ec.scratch_lrs for steps in ec.scratch_steps],
+        "logreg": [{"C": c} for c in ec.logreg_cs],
+        "knn": [{}],
+    }
+
+
+def _model(config: Config, in_dim: int) -> MLP:
+    return MLP(in_dim, config.model.hidden, out_dim=config.train.ways)
+
+
+def _run_metadata(config: Config, prep: Prepared) -> dict:
+    return {
+        "config": config.model_dump(mode="json"),
+        "dataset": prep.dataset,
+        "split": prep.split.to_dict(),
+        "pipeline": prep.pipeline.to_dict(),
+        "feature_names": list(prep.pipeline.feature_names),
+        "in_dim": int(prep.X.shape[1]),
+    }
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def train_run(config: Config, out_dir: str | Path, *, resume: bool = False, progress: bool = True) -> dict:
+    """Meta-train every algorithm in ``config.train.algorithms`` plus the supervised pretrained baseline."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not resume:
+        raise FileExistsError(
+            f"{out_dir} is not empty: pass --resume to continue that run or choose another --out"
+        )
+    device = resolve_device(config.device)
+    run_json = out_dir / "run.json"
+    if resume and run_json.is_file():
+        saved = json.loads(run_json.read_text(encoding="utf-8"))
+        if saved["config"] != config.model_dump(mode="json"):
+            raise ValueError(f"{run_json}: --resume with a different config than the run was started with")
+        prep = prepare(
+            config,
+            split=FamilySplit.from_dict(saved["split"]),
+            pipeline=FeaturePipeline.from_dict(saved["pipeline"]),
+        )
+    else:
+        prep = prepare(config)
+    metadata = _run_metadata(config, prep)
+    atomic_write_json(run_json, metadata)
+
+    tc = config.train
+    sampler = EpisodeSampler(
+        prep.X,
+        prep.family,
+        prep.split.train,
+        prep.benign["train"],
+        kind=tc.kind,
+        ways=tc.ways,
+        shots=tc.shots,
+        queries=tc.queries,
+    )
+    val_sets = build_episode_sets(
+        prep.X,
+        prep.family,
+        prep.split.val,
+        prep.benign["val"],
+        shots=tc.shots,
+        n_episodes=tc.val_episodes,
+        attack_queries=config.evaluate.attack_queries,
+        benign_queries=config.evaluate.benign_queries,
+        seed=config.seed + 7,
+        device=device,
+    )
+    if not val_sets:
+        raise ValueError(
+            "no meta-val family has enough rows: add families to split.val_families or raise n_val"
+        )
+
+    def val_score(learner: torch.nn.Module) -> float:
+        return mean_metric(run_protocol({"m": learner_scorer(learner)}, val_sets)["m"])
+
+    summary = {}
+    for i, algo in enumerate(tc.algorithms):
+        _seed_everything(config.seed * 1000 + i)
+        learner = build_learner(algo, _model(config, prep.X.shape[1]), config.meta).to(device)
+        state = meta_train(
+            learner,
+            algo,
+            sampler,
+            val_score,
+            tc,
+            config.meta,
+            out_dir=out_dir,
+            seed=config.seed * 1000 + i,
+            device=device,
+            metadata={"run": "run.json"},
+            resume=resume,
+            progress=progress,
+        )
+        summary[algo] = {"best_val_tpr@1%fpr": state.best_score, "steps": state.step}
+        log.info("%s: best meta-val TPR@1%%FPR %.3f after %d steps", algo, state.best_score, state.step)
+
+    if not (resume and has_checkpoint(out_dir, "pretrained")):
+        _seed_everything(config.seed * 1000 + 999)
+        fit = prep.fit_mask()
+        model = pretrain(
+            _model(config, prep.X.shape[1]),
+            prep.X[fit],
+            (prep.family[fit] != BENIGN).astype(np.int64),
+            steps=tc.pretrain_steps,
+            seed=config.seed,
+            device=device,
+        )
+        save_checkpoint(out_dir, "pretrained", dict(model.state_dict()), {"run": "run.json"})
+    atomic_write_json(out_dir / "train_summary.json", summary)
+    return summary
+
+
+def load_run(run_dir: str | Path) -> tuple[Config, Prepared, dict]:
+    run_dir = Path(run_dir)
+    run_json = run_dir / "run.json"
+    if not run_json.is_file():
+        raise FileNotFoundError(
+            f"{run_json} not found: is {run_dir} a directory written by `metashield train`?"
+        )
+    meta = json.loads(run_json.read_text(encoding="utf-8"))
+    config = config_from_dict(meta["config"], str(run_json))
+    prep = prepare(
+        config,
+        split=FamilySplit.from_dict(meta["split"]),
+        pipeline=FeaturePipeline.from_dict(meta["pipeline"]),
+    )
+    return config, prep, meta
+
+
+def _load_model(
+    config: Config, in_dim: int, run_dir: Path, name: str, algo: str | None = None
+) -> torch.nn.Module:
+    tensors, _ = load_checkpoint(run_dir, name)
+    if algo is None:
+        model = _model(config, in_dim)
+        model.load_state_dict(tensors)
+        return model
+    learner = build_learner(algo, _model(config, in_dim), config.meta)
+    learner.load_state_dict(tensors)
+    return learner
+
+
+def _tune(grid: list[dict], make, val_sets, label: str) -> tuple[dict, float, list]:
+    """Pick the grid point with the best mean meta-val TPR@1%FPR (ties: the first, i.e. the simplest)."""
+    scores = [mean_metric(run_protocol({"m": make(**p)}, val_sets)["m"]) for p in grid]
+    best = int(np.argmax(scores))
+    log.info("%s: best %s (meta-val TPR@1%%FPR %.3f)", label, grid[best], scores[best])
+    return (
+        grid[best],
+        scores[best],
+        [{"params": p, "val_tpr@1%fpr": s} for p, s in zip(grid, scores, strict=True)],
+    )
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    *,
+    shots: list[int] | None = None,
+    episodes_per_family: int | None = None,
+    out_name: str = "metrics.json",
+) -> dict:
+    """Tune on meta-val, then score every method on identical meta-test episodes; writes ``metrics.json``."""
+    run_dir = Path(run_dir)
+    config, prep, meta = load_run(run_dir)
+    ec = config.evaluate
+    shots = shots or ec.shots
+    n_episodes = episodes_per_family or ec.episodes_per_family
+    device = resolve_device(config.device)
+    in_dim = int(meta["in_dim"])
+    learners = {
+        a: _load_model(config, in_dim, run_dir, a, a).to(device)
+        for a in config.train.algorithms
+        if has_checkpoint(run_dir, a)
+    }
+    missing = [a for a in config.train.algorithms if a not in learners]
+    if missing:
+        raise FileNotFoundError(
+            f"{run_dir}: no checkpoint for {missing}; run `metashield train` (or --resume) first"
+        )
+    pretrained = _load_model(config, in_dim, run_dir, "pretrained").to(device)
+
+    def make_baseline(name: str, p: dict):
+        if name == "finetune":
+            return finetune_scorer(pretrained, p["lr"], p["steps"], p["head_only"])
+        if name == "scratch":
+            return scratch_scorer(lambda: _model(config, in_dim).to(device), p["lr"], p["steps"])
+        if name == "logreg":
+            return logreg_scorer(p["C"])
+        return knn_scorer()
+
+    grids = baseline_grids(ec)
+    report: dict = {
+        "run": str(run_dir),
+        "dataset": prep.dataset,
+        "protocol": {
+            "episodes_per_family": n_episodes,
+            "attack_queries_max": ec.attack_queries,
+            "benign_queries": ec.benign_queries,
+            "test_families": prep.split.test,
+            "val_families": prep.split.val,
+            "selection": "every hyper-parameter and the best methods are chosen on meta-val families only",
+        },
+        "shots": {},
+    }
+    tables = []
+    for k in shots:
+        common = dict(
+            shots=k,
+            attack_queries=ec.attack_queries,
+            benign_queries=ec.benign_queries,
+            device=device,
+        )
+        val_sets = build_episode_sets(
+            prep.X,
+            prep.family,
+            prep.split.val,
+            prep.benign["val"],
+            n_episodes=ec.tune_episodes,
+            seed=config.seed + 11,
+            **common,
+        )
+        tuned, methods, val_scores = {}, {}, {}
+        for a, learner in learners.items():
+            methods[a] = learner_scorer(learner)
+            val_scores[a] = mean_metric(run_protocol({"m": methods[a]}, val_sets)["m"])
+        for b in ec.baselines:
+            params, score, trace = _tune(
+                grids[b], lambda b=b, **p: make_baseline(b, p), val_sets, f"{k}-shot {b}"
+            )
+            tuned[b] = {"params": params, "val_tpr@1%fpr": score, "searched": trace}
+            methods[b] = make_baseline(b, params)
+            val_scores[b] = score
+        best_meta = max(learners, key=lambda a: val_scores[a])
+        best_base = max(ec.baselines, key=lambda b: val_scores[b]) if ec.baselines else None
+
+        test_sets = build_episode_sets(
+            prep.X,
+            prep.family,
+            prep.split.test,
+            prep.benign["test"],
+            n_episodes=n_episodes,
+            seed=config.seed,
+            **common,
+        )
+        if not test_sets:
+            raise ValueError(f"{k}-shot: no meta-test family has at least {k + 1} rows")
+        per_episode = run_protocol(methods, test_sets, seed=config.seed)
+        summary = {m: summarise_method(r, seed=config.seed) for m, r in per_episode.items()}
+        n_benign = min(es.n_benign_queries for es in test_sets.values())
+        entry = {
+            "summary": summary,
+            "val_tpr@1%fpr": val_scores,
+            "best_meta_learner": best_meta,
+            "best_baseline": best_base,
+            "tuned_baselines": tuned,
+            "benign_queries_per_episode": n_benign,
+            "smallest_fpr_step": 1.0 / n_benign,
+        }
+        if best_base is not None:
+            entry["paired_best_meta_minus_best_baseline"] = {
+                metric: paired_difference(
+                    per_episode[best_meta], per_episode[best_base], metric, seed=config.seed
+                )
+                for metric in ("tpr@1%fpr", "auc")
+            }
+        report["shots"][str(k)] = entry
+        marks = {best_meta: " *", **({best_base: " +"} if best_base else {})}
+        tables.append(
+            format_table(
+                summary,
+                title=f"\n{k}-shot detection of held-out families (% , family-level 95% CI)",
+                marks=marks,
+            )
+        )
+        if best_base is not None:
+            d = entry["paired_best_meta_minus_best_baseline"]["tpr@1%fpr"]
+            tables.append(
+                f"paired TPR@1%FPR {best_meta} - {best_base}: {100 * d['mean']:+.1f} points "
+                f"[{100 * d['family_ci'][0]:+.1f}, {100 * d['family_ci'][1]:+.1f}]"
+            )
+        tables.append(format_family_table(summary))
+    tables.append("* best meta-learner on meta-val   + best baseline on meta-val")
+    report["table"] = "\n".join(tables)
+    atomic_write_json(run_dir / out_name, report)
+    return report

@@ -1,0 +1,61 @@
+from pathlib import Path
+
+import pytest
+
+from metashield.config import ConfigError, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_shipped_config_is_valid():
+    config = load_config(REPO / "configs" / "nsl_kdd.yaml")
+    assert config.data.dataset == "nsl-kdd"
+    assert config.evaluate.attack_queries == 200 and config.evaluate.benign_queries == 2000
+
+
+def test_unknown_key_is_an_error_naming_the_key(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  stepz: 10\n")
+    with pytest.raises(ConfigError, match=r"train\.stepz: unknown key"):
+        load_config(path)
+
+
+def test_bad_value_names_the_key():
+    with pytest.raises(ConfigError, match=r"meta\.inner_lr"):
+        load_config(None, ["meta.inner_lr=-1"])
+
+
+def test_overrides_are_parsed_as_yaml():
+    config = load_config(None, ["train.steps=7", "evaluate.shots=[1, 5]", "split.val_families=[a, b]"])
+    assert config.train.steps == 7
+    assert config.evaluate.shots == [1, 5]
+    assert config.split.val_families == ["a", "b"]
+
+
+def test_override_needs_key_and_value():
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        load_config(None, ["train.steps"])
+
+
+def test_yaml_is_read_with_the_safe_loader(tmp_path):
+    path = tmp_path / "evil.yaml"
+    path.write_text("seed: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path)
+
+
+def test_tabular_dataset_needs_its_section():
+    with pytest.raises(ConfigError, match="tabular"):
+        load_config(None, ["data.dataset=tabular"])
+
+
+def test_benign_fractions_must_sum_to_one():
+    with pytest.raises(ConfigError, match="benign_fractions"):
+        load_config(None, ["data.benign_fractions=[0.5, 0.2, 0.2]"])
+
+
+def test_top_level_must_be_a_mapping(tmp_path):
+    path = tmp_path / "list.yaml"
+    path.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(path)

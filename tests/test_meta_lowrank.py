@@ -1,0 +1,83 @@
+"""The task-fused path (meta/lowrank.py) must give the generic torch.func inner loop's numbers exactly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from metashield.meta import MAML, Reptile, lowrank
+from metashield.models import MLP
+
+
+def generic_ce(outputs, targets):
+    # A different function object than F.cross_entropy: routes the learner through meta/inner.py.
+    return F.cross_entropy(outputs, targets)
+
+
+def episode(seed=0, t=4, s=6, q=5, d=7, classes=2):
+    g = torch.Generator().manual_seed(seed)
+    return (
+        torch.randn(t, s, d, generator=g, dtype=torch.float64),
+        torch.randint(0, classes, (t, s), generator=g),
+        torch.randn(t, q, d, generator=g, dtype=torch.float64),
+        torch.randint(0, classes, (t, q), generator=g),
+    )
+
+
+def twin_models(hidden, classes=2, seed=0):
+    torch.manual_seed(seed)
+    a = MLP(7, hidden, classes).double()
+    b = MLP(7, hidden, classes).double()
+    b.load_state_dict(a.state_dict())
+    return a, b
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+@pytest.mark.parametrize("steps", [0, 1, 3])
+@pytest.mark.parametrize("hidden", [[32, 24], [8], []])
+def test_fused_meta_gradient_equals_generic_loop(first_order, steps, hidden):
+    fused_model, generic_model = twin_models(hidden)
+    fused = MAML(fused_model, inner_lr=0.3, inner_steps=steps, first_order=first_order)
+    generic = MAML(generic_model, 0.3, steps, first_order=first_order, loss_fn=generic_ce)
+    sx, sy, qx, qy = episode()
+    assert fused._fused(sy, qy) and not generic._fused(sy, qy)
+    lf, lg = fused.outer_loss(sx, sy, qx, qy), generic.outer_loss(sx, sy, qx, qy)
+    lf.backward()
+    lg.backward()
+    torch.testing.assert_close(lf, lg, rtol=0, atol=1e-12)
+    for (name, pf), pg in zip(fused_model.named_parameters(), generic_model.parameters(), strict=True):
+        torch.testing.assert_close(pf.grad, pg.grad, rtol=0, atol=1e-10, msg=name)
+
+
+def test_fused_handles_many_classes():
+    fused_model, generic_model = twin_models([32], classes=20)
+    fused = MAML(fused_model, inner_lr=0.2, inner_steps=2)
+    generic = MAML(generic_model, inner_lr=0.2, inner_steps=2, loss_fn=generic_ce)
+    sx, sy, qx, qy = episode(classes=20)
+    fused.outer_loss(sx, sy, qx, qy).backward()
+    generic.outer_loss(sx, sy, qx, qy).backward()
+    for pf, pg in zip(fused_model.parameters(), generic_model.parameters(), strict=True):
+        torch.testing.assert_close(pf.grad, pg.grad, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("hidden", [[32, 24], [8]])
+def test_fused_reptile_step_equals_generic_loop(hidden):
+    fused_model, generic_model = twin_models(hidden)
+    sx, sy, _, _ = episode(seed=3)
+    Reptile(fused_model, inner_lr=0.2, inner_steps=3, outer_lr=0.5).step(sx, sy)
+    Reptile(generic_model, inner_lr=0.2, inner_steps=3, outer_lr=0.5, loss_fn=generic_ce).step(sx, sy)
+    for pf, pg in zip(fused_model.parameters(), generic_model.parameters(), strict=True):
+        torch.testing.assert_close(pf, pg, rtol=0, atol=1e-12)
+
+
+def test_only_plain_linear_relu_stacks_take_the_fused_path():
+    y = torch.zeros(2, 3, dtype=torch.long)
+    relu_net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    tanh_net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    assert lowrank.supported(relu_net, F.cross_entropy, y)
+    assert not lowrank.supported(tanh_net, F.cross_entropy, y)
+    assert not lowrank.supported(nn.Sequential(nn.Linear(3, 2, bias=False)), F.cross_entropy, y)
+    assert not lowrank.supported(MLP(3, [4], 2), F.mse_loss, y)
+    assert not lowrank.supported(MLP(3, [4], 2), F.cross_entropy, y.double())
