@@ -13,6 +13,9 @@ import torch
 
 from metashield import __version__
 from metashield.config import ConfigError, load_config
+from metashield.data import DownloadError
+from metashield.data.registry import UnknownDatasetError
+from metashield.train import TrainingDiverged
 
 log = logging.getLogger("metashield")
 
@@ -172,8 +175,14 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as exc:
+    except (ConfigError, FileNotFoundError, FileExistsError, ValueError, DownloadError) as exc:
         print(f"metashield: error: {exc}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as exc:
+        print(f"metashield: error: {exc}", file=sys.stderr)
+        return 3
+    except UnknownDatasetError as exc:
+        print(f"metashield: error: {exc.args[0]}", file=sys.stderr)
         return 2
 
 

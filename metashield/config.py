@@ -71,6 +71,15 @@ class ModelConfig(_Strict):
     hidden: list[int] = Field(default_factory=lambda: [256, 256])
 
 
+class MetaOverride(_Strict):
+    """Per-algorithm values that replace the shared ones in ``meta``."""
+
+    inner_lr: float | None = Field(None, gt=0)
+    inner_steps: int | None = Field(None, ge=1)
+    outer_lr: float | None = Field(None, gt=0)
+    reptile_outer_lr: float | None = Field(None, gt=0, le=1)
+
+
 class MetaConfig(_Strict):
     """Meta-learning hyper-parameters shared by the algorithms."""
 
@@ -80,6 +89,16 @@ class MetaConfig(_Strict):
     """Adam step size of the meta-update (all but Reptile)."""
     reptile_outer_lr: float = Field(0.1, gt=0, le=1)
     """Reptile's interpolation step: theta <- theta + eps * mean(theta' - theta)."""
+    per_algorithm: dict[Algorithm, MetaOverride] = Field(default_factory=dict)
+    """e.g. ``{reptile: {inner_lr: 0.1}}``: values chosen on meta-val for one algorithm."""
+
+    def for_algorithm(self, algorithm: str) -> MetaConfig:
+        """These hyper-parameters with ``per_algorithm[algorithm]`` applied."""
+        override = self.per_algorithm.get(algorithm)
+        if override is None:
+            return self
+        changes = {k: v for k, v in override.model_dump().items() if v is not None}
+        return self.model_copy(update=changes)
 
 
 class TrainConfig(_Strict):

@@ -22,8 +22,13 @@ from metashield.tasks import EpisodeSampler
 log = logging.getLogger(__name__)
 
 
+class TrainingDiverged(RuntimeError):
+    """The meta-parameters became NaN or infinite; the message says where and what to lower."""
+
+
 def build_learner(algorithm: str, model: nn.Module, meta: MetaConfig) -> nn.Module:
     """The meta-learner named in the config, wrapping ``model`` (an MLP with ``body`` and ``head``)."""
+    meta = meta.for_algorithm(algorithm)
     if algorithm in ("maml", "fomaml"):
         return MAML(model, meta.inner_lr, meta.inner_steps, first_order=algorithm == "fomaml")
     if algorithm == "metasgd":
@@ -92,6 +97,7 @@ def meta_train(
     early-stopping state); a resumed run continues from the last evaluation and ends bit-for-bit where an
     uninterrupted run would on CPU.
     """
+    meta = meta.for_algorithm(algorithm)
     rng = np.random.default_rng([seed, 1])
     opt = None if algorithm == "reptile" else torch.optim.Adam(learner.parameters(), lr=meta.outer_lr)
     state = TrainState()
@@ -148,6 +154,13 @@ def meta_train(
         state.step += 1
         bar.update(1)
         if state.step % train.eval_every == 0 or state.step == train.steps:
+            if not all(bool(torch.isfinite(p).all()) for p in learner.parameters()):
+                raise TrainingDiverged(
+                    f"{algorithm}: parameters became NaN/inf by step {state.step} "
+                    f"(meta.inner_lr={meta.inner_lr}, outer_lr={meta.outer_lr}, "
+                    f"reptile_outer_lr={meta.reptile_outer_lr}); lower the step sizes. "
+                    f"The last good checkpoint is {out_dir / last}.*"
+                )
             learner.eval()
             score = float(val_score(learner))
             record = {"step": state.step, "val_tpr@1%fpr": score}

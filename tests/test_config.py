@@ -59,3 +59,12 @@ def test_top_level_must_be_a_mapping(tmp_path):
     path.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(path)
+
+
+def test_per_algorithm_values_replace_the_shared_ones():
+    config = load_config(None, ["meta.inner_lr=0.02", "meta.per_algorithm={reptile: {inner_lr: 0.3}}"])
+    assert config.meta.for_algorithm("reptile").inner_lr == 0.3
+    assert config.meta.for_algorithm("reptile").inner_steps == config.meta.inner_steps
+    assert config.meta.for_algorithm("maml").inner_lr == 0.02
+    with pytest.raises(ConfigError, match="per_algorithm"):
+        load_config(None, ["meta.per_algorithm={rmaml: {inner_lr: 0.3}}"])

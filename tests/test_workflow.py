@@ -158,3 +158,15 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path):
         json.loads((full / "maml.json").read_text())["step"]
         == json.loads((part / "maml.json").read_text())["step"]
     )
+
+
+def test_divergence_is_reported_with_the_step_and_what_to_lower(tmp_path, capsys):
+    csv = write_synthetic_flows(tmp_path / "flows.csv")
+    sets = [
+        a
+        for o in tabular_overrides(csv) + TINY + ["meta.inner_lr=1e6", "train.algorithms=[reptile]"]
+        for a in ("--set", o)
+    ]
+    assert main(["train", "--out", str(tmp_path / "run"), "-q", *sets]) == 3
+    err = capsys.readouterr().err
+    assert "reptile: parameters became NaN/inf by step 10" in err and "lower the step sizes" in err

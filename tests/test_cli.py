@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+from conftest import shared_data
+
+from metashield.cli import main
+
+
+def test_data_list_names_the_cache_and_datasets(data_home, capsys):
+    assert main(["data", "list"]) == 0
+    out = capsys.readouterr().out
+    assert str(data_home) in out and "nsl-kdd" in out
+
+
+def test_data_download_fetches_through_the_mirror(data_home, monkeypatch, capsys):
+    monkeypatch.setenv("METASHIELD_MIRROR", f"file://{shared_data()}")
+    assert main(["data", "download", "nsl-kdd"]) == 0
+    assert (data_home / "nsl-kdd" / "NSL_KDD.zip").is_file()
+    assert str(data_home / "nsl-kdd") in capsys.readouterr().out
+
+
+def test_unknown_dataset_is_a_clear_error(data_home, capsys):
+    assert main(["data", "download", "no-such-set"]) == 2
+    err = capsys.readouterr().err
+    assert "no-such-set" in err and "nsl-kdd" in err
+
+
+def test_evaluate_without_a_run_directory_says_what_is_missing(tmp_path, capsys):
+    assert main(["evaluate", "--run", str(tmp_path / "nope")]) == 2
+    assert "run.json" in capsys.readouterr().err
