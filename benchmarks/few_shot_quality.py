@@ -119,11 +119,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/quality"))
     parser.add_argument("--episodes", type=int, help="episodes per family (default: the config's 50)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--finished-only", action="store_true", help="pool only runs that have metrics")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     reports = []
-    for split in (int(s) for s in args.splits.split(",")):
-        for seed in (int(s) for s in args.seeds.split(",")):
+    # Seed-major order: an interrupted benchmark still covers every split.
+    for seed in (int(s) for s in args.seeds.split(",")):
+        for split in (int(s) for s in args.splits.split(",")):
+            if args.finished_only and not (args.out / f"split{split}_seed{seed}" / "metrics.json").is_file():
+                continue
             rep = run_one(args.out, split, seed, args.overrides, args.episodes)
             rep["protocol"]["split_seed"] = split
             reports.append(rep)
