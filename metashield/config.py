@@ -40,6 +40,8 @@ class DataConfig(_Strict):
     tabular: TabularSource | None = None
     benign_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
     """Benign rows split into meta-train / meta-val / meta-test slices."""
+    clip_z: float | None = Field(10.0, gt=0)
+    """Standardised features are clipped to +-clip_z (null: no clipping)."""
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:

@@ -91,7 +91,7 @@ def prepare(
         family=data.family,
         split=split,
         benign={"train": train_b, "val": val_b, "test": test_b},
-        pipeline=pipeline if pipeline is not None else FeaturePipeline(),
+        pipeline=pipeline if pipeline is not None else FeaturePipeline(clip=config.data.clip_z),
         dataset=data.name,
         category=dict(data.category),
     )

@@ -332,6 +332,10 @@ def evaluate_run(
                 f"paired TPR@1%FPR {best_meta} - {best_base}: {100 * d['mean']:+.1f} points "
                 f"[{100 * d['family_ci'][0]:+.1f}, {100 * d['family_ci'][1]:+.1f}]"
             )
+        tables.append(
+            f"{n_benign} benign queries per episode: smallest FPR step {100 / n_benign:.3g}%; "
+            f"{n_episodes} episodes per family"
+        )
         tables.append(format_family_table(summary))
     tables.append("* best meta-learner on meta-val   + best baseline on meta-val")
     report["table"] = "\n".join(tables)

@@ -123,4 +123,18 @@ def test_fit_sees_only_the_rows_it_is_given() -> None:
     assert again.to_dict() == pipeline.to_dict()
     np.testing.assert_array_equal(again.transform(wild), pipeline.transform(wild))
     # The held-out rows are far outside the fit distribution; the fit rows are standardised.
-    assert np.abs(pipeline.transform(wild[~train])[:, -1]).min() > 100
+    assert np.abs(pipeline.transform(wild[~train])[:, -1]).min() == pipeline.clip
+
+
+def test_standardised_values_are_clipped_and_the_clip_round_trips() -> None:
+    data = make_data()
+    far = data.frame.iloc[:1].copy()
+    far["rate"] = 1e6  # rate lies in [0, 1) in the fit rows: ~3e6 standard deviations away
+    rate = FeaturePipeline(clip=None).fit(data).feature_names.index("rate")
+    assert FeaturePipeline(clip=None).fit(data).transform(far)[0, rate] > 1e5
+    pipeline = FeaturePipeline(clip=4.0).fit(data)
+    assert pipeline.transform(far)[0, rate] == 4.0
+    restored = FeaturePipeline.from_dict(json.loads(json.dumps(pipeline.to_dict())))
+    assert restored.clip == 4.0 and restored.transform(far)[0, rate] == 4.0
+    with pytest.raises(ValueError, match="clip"):
+        FeaturePipeline(clip=0.0)

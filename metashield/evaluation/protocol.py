@@ -91,6 +91,18 @@ def score_set(scorer: Scorer, es: EpisodeSet, chunk: int = 25) -> np.ndarray:
     return np.concatenate(parts)
 
 
+def worst_case_scores(scores: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Scores with non-finite values made finite AGAINST the model: a NaN attack score becomes the lowest
+    possible score (missed), a NaN benign score the highest (false alarm); +-inf become the largest finite
+    values, so a diverged adaptation costs the method instead of crashing the evaluation."""
+    big = np.finfo(np.float64).max
+    out = np.asarray(scores, dtype=np.float64).copy()
+    nan = np.isnan(out)
+    out[nan & (y == 1)] = -big
+    out[nan & (y == 0)] = big
+    return np.clip(out, -big, big)
+
+
 def run_protocol(
     methods: Mapping[str, Scorer], sets: Mapping[str, EpisodeSet], *, seed: int = 0
 ) -> dict[str, dict[str, list[dict[str, float]]]]:
@@ -100,6 +112,10 @@ def run_protocol(
         out[method] = {}
         for fam, es in sets.items():
             scores = score_set(scorer, es)
+            bad = int((~np.isfinite(scores)).sum())
+            if bad:
+                log.warning("%s on %s: %d non-finite scores, counted against the method", method, fam, bad)
+                scores = worst_case_scores(scores, es.query_y)
             out[method][fam] = [
                 episode_metrics(scores[e], es.query_y[e], threshold=0.0, seed=seed + e)
                 for e in range(len(scores))
