@@ -1,0 +1,81 @@
+"""The meta-training loop: early stopping on meta-val and what the checkpoints hold."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from metashield.checkpoint import load_checkpoint
+from metashield.config import MetaConfig, TrainConfig
+from metashield.data import BENIGN
+from metashield.models import MLP
+from metashield.tasks import EpisodeSampler
+from metashield.train import build_learner, meta_train
+
+
+def _sampler() -> EpisodeSampler:
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 4)).astype(np.float32)
+    family = np.array([BENIGN] * 200 + ["a"] * 50 + ["b"] * 50, dtype=object)
+    X[200:250] += 3
+    X[250:] -= 3
+    return EpisodeSampler(X, family, ["a", "b"], np.arange(200), shots=3, queries=4)
+
+
+def test_early_stopping_keeps_the_best_weights(tmp_path):
+    scores = iter([0.5, 0.9, 0.8, 0.7, 0.6, 0.95])
+    seen = []
+
+    def val_score(learner):
+        seen.append({k: v.clone() for k, v in learner.state_dict().items()})
+        return next(scores)
+
+    torch.manual_seed(0)
+    learner = build_learner("maml", MLP(4, [8], 2), MetaConfig(inner_lr=0.1))
+    train = TrainConfig(steps=60, eval_every=5, patience=3, tasks_per_batch=2)
+    state = meta_train(
+        learner,
+        "maml",
+        _sampler(),
+        val_score,
+        train,
+        MetaConfig(inner_lr=0.1),
+        out_dir=tmp_path,
+        seed=0,
+        device=torch.device("cpu"),
+        metadata={},
+        progress=False,
+    )
+    # Best at the 2nd evaluation (step 10), then 3 worse ones: stop at step 25, never reaching the 0.95.
+    assert state.step == 25 and state.finished and state.best_score == 0.9
+    best, meta = load_checkpoint(tmp_path, "maml")
+    assert meta["step"] == 10
+    for k, v in seen[1].items():
+        assert torch.equal(best[k], v)
+    last, last_meta = load_checkpoint(tmp_path, "maml.last")
+    assert last_meta["state"]["step"] == 25 and "torch_rng" in last
+    assert any(k.startswith("optim.") for k in last)
+    assert [h["step"] for h in state.history] == [5, 10, 15, 20, 25]
+
+
+def test_reptile_trains_without_an_optimizer(tmp_path):
+    torch.manual_seed(0)
+    learner = build_learner("reptile", MLP(4, [8], 2), MetaConfig(inner_lr=0.1))
+    before = [p.clone() for p in learner.parameters()]
+    state = meta_train(
+        learner,
+        "reptile",
+        _sampler(),
+        lambda _: 0.5,
+        TrainConfig(steps=4, eval_every=2, tasks_per_batch=2),
+        MetaConfig(inner_lr=0.1),
+        out_dir=tmp_path,
+        seed=0,
+        device=torch.device("cpu"),
+        metadata={},
+        progress=False,
+    )
+    assert state.step == 4
+    assert any(not torch.equal(a, b) for a, b in zip(before, learner.parameters(), strict=True))
+    _, meta = load_checkpoint(tmp_path, "reptile.last")
+    assert meta["optimizer"] is None
