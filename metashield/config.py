@@ -122,6 +122,18 @@ class TrainConfig(_Strict):
     pretrain_steps: int = Field(2000, ge=1)
     """Supervised steps of the pretrain + fine-tune baseline."""
 
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.kind == "detect" and self.ways != 2:
+            raise ValueError(f"detect episodes are binary: ways must be 2, not {self.ways}")
+        if self.kind == "classify":
+            raise ValueError(
+                "`metashield train` meta-validates and evaluates detection of held-out families; N-way "
+                "family classification episodes come from metashield.tasks.EpisodeSampler(kind='classify') "
+                "for your own loop"
+            )
+        return self
+
 
 class EvaluateConfig(_Strict):
     shots: list[int] = Field(default_factory=lambda: [1, 5, 10])

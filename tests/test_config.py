@@ -68,3 +68,10 @@ def test_per_algorithm_values_replace_the_shared_ones():
     assert config.meta.for_algorithm("maml").inner_lr == 0.02
     with pytest.raises(ConfigError, match="per_algorithm"):
         load_config(None, ["meta.per_algorithm={rmaml: {inner_lr: 0.3}}"])
+
+
+def test_episode_kind_and_ways_must_agree():
+    with pytest.raises(ConfigError, match="ways must be 2"):
+        load_config(None, ["train.ways=5"])
+    with pytest.raises(ConfigError, match="classify"):
+        load_config(None, ["train.kind=classify", "train.ways=5"])
