@@ -144,11 +144,11 @@ class EvaluateConfig(_Strict):
     tune_episodes: int = Field(10, ge=1)
     """Episodes per meta-val family when choosing hyper-parameters."""
     finetune_lrs: list[float] = Field(default_factory=lambda: [0.003, 0.01, 0.03, 0.1])
-    finetune_steps: list[int] = Field(default_factory=lambda: [5, 20, 50])
+    finetune_steps: list[int] = Field(default_factory=lambda: [5, 20, 50, 100])
     """Fine-tuning grid (all layers or head only; plus the pretrained model without fine-tuning)."""
     scratch_lrs: list[float] = Field(default_factory=lambda: [0.03, 0.1, 0.3])
-    scratch_steps: list[int] = Field(default_factory=lambda: [20, 100])
-    logreg_cs: list[float] = Field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0, 100.0])
+    scratch_steps: list[int] = Field(default_factory=lambda: [20, 100, 300])
+    logreg_cs: list[float] = Field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0])
     """Inverse L2 strengths searched for logistic regression."""
 
 

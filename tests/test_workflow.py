@@ -91,7 +91,7 @@ def test_report_is_complete_and_selection_uses_meta_val(synthetic_run):
     assert set(report["protocol"]["test_families"]).isdisjoint(report["protocol"]["val_families"])
     assert entry["benign_queries_per_episode"] == 200
     assert "paired_best_meta_minus_best_baseline" in entry
-    assert len(entry["tuned_baselines"]["logreg"]["searched"]) == 5
+    assert len(entry["tuned_baselines"]["logreg"]["searched"]) == 7
 
 
 def test_train_refuses_a_non_empty_run_directory(synthetic_run, tmp_path):
