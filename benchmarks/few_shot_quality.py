@@ -45,7 +45,7 @@ def pool(reports: list[dict]) -> dict:
     those units; the val-chosen best meta-learner vs best baseline as a paired per-family difference."""
     rng = np.random.default_rng(0)
     out: dict = {}
-    for shot in reports[0]["shots"]:
+    for shot in sorted(reports[0]["shots"], key=int):
         methods = list(reports[0]["shots"][shot]["summary"])
         units: dict[str, list[float]] = {m: [] for m in methods + ["best-meta", "best-baseline"]}
         hard_gap: list[float] = []
@@ -100,7 +100,7 @@ def markdown(pooled: dict, reports: list[dict], args: argparse.Namespace) -> str
         + " |"
     )
     picks = [
-        f"split{r['protocol'].get('split_seed', '?')}: "
+        f"split{r['protocol'].get('split_seed', '?')} seed{r['protocol'].get('train_seed', '?')}: "
         + ", ".join(
             f"{s}-shot {r['shots'][s]['best_meta_learner']}/{r['shots'][s]['best_baseline']}" for s in shots
         )
@@ -130,6 +130,7 @@ def main() -> None:
                 continue
             rep = run_one(args.out, split, seed, args.overrides, args.episodes)
             rep["protocol"]["split_seed"] = split
+            rep["protocol"]["train_seed"] = seed
             reports.append(rep)
     pooled = pool(reports)
     atomic_write_json(args.out / "quality.json", {"pooled": pooled, "overrides": args.overrides})
