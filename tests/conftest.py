@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -33,12 +32,6 @@ def nsl_kdd_mirror(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     data = shared_data()
     home = tmp_path_factory.mktemp("nsl-cache")
     return {"METASHIELD_DATA": str(home), "METASHIELD_MIRROR": f"file://{data}"}
-
-
-@pytest.fixture(scope="session")
-def threads() -> None:
-    """Keep BLAS/torch threads at the CI machine's core count for stable timings of the slow tests."""
-    os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 
 def write_synthetic_flows(
