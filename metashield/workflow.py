@@ -68,11 +68,6 @@ def _run_metadata(config: Config, prep: Prepared) -> dict:
     }
 
 
-def _seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-
-
 def train_run(config: Config, out_dir: str | Path, *, resume: bool = False, progress: bool = True) -> dict:
     """Meta-train every algorithm in ``config.train.algorithms`` plus the supervised pretrained baseline."""
     out_dir = Path(out_dir)
@@ -129,7 +124,7 @@ def train_run(config: Config, out_dir: str | Path, *, resume: bool = False, prog
 
     summary = {}
     for i, algo in enumerate(tc.algorithms):
-        _seed_everything(config.seed * 1000 + i)
+        torch.manual_seed(config.seed * 1000 + i)
         learner = build_learner(algo, _model(config, prep.X.shape[1]), config.meta).to(device)
         state = meta_train(
             learner,
@@ -149,7 +144,7 @@ def train_run(config: Config, out_dir: str | Path, *, resume: bool = False, prog
         log.info("%s: best meta-val TPR@1%%FPR %.3f after %d steps", algo, state.best_score, state.step)
 
     if not (resume and has_checkpoint(out_dir, "pretrained")):
-        _seed_everything(config.seed * 1000 + 999)
+        torch.manual_seed(config.seed * 1000 + 999)
         fit = prep.fit_mask()
         model = pretrain(
             _model(config, prep.X.shape[1]),
