@@ -12,6 +12,7 @@ import numpy as np
 
 from metashield.config import Config
 from metashield.data import BENIGN, FeaturePipeline, TabularData, load_dataset, load_tabular
+from metashield.data.schema import UNCONSTRAINED, ThreatSchema
 from metashield.tasks import FamilySplit, drop_conflicting_rows, split_benign, split_families
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,7 @@ class Prepared:
 
     X: float32 [n, D] features after the pipeline; family: [n] family names (BENIGN for benign rows).
     benign: index arrays of the benign ``train`` / ``val`` / ``test`` slices.
+    schema: the dataset's threat model in raw units.
     """
 
     X: np.ndarray
@@ -32,6 +34,7 @@ class Prepared:
     pipeline: FeaturePipeline
     dataset: str
     category: dict[str, str]
+    schema: ThreatSchema = UNCONSTRAINED
 
     def family_rows(self, name: str) -> np.ndarray:
         return np.flatnonzero(self.family == name)
@@ -94,6 +97,7 @@ def prepare(
         pipeline=pipeline if pipeline is not None else FeaturePipeline(clip=config.data.clip_z),
         dataset=data.name,
         category=dict(data.category),
+        schema=data.schema,
     )
     if pipeline is None:
         prepared.pipeline.fit(data.subset(prepared.fit_mask()))

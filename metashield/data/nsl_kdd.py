@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from metashield.data.archive import read_zip_member
+from metashield.data.schema import FeatureSpec, ThreatSchema
 from metashield.data.types import BENIGN, TabularData
 
 logger = logging.getLogger(__name__)
@@ -69,6 +70,63 @@ LABEL_CATEGORY: dict[str, str] = {
 """Attack-type label -> category (DoS, Probe, R2L, U2R) for all 39 attack labels of train and test."""
 
 NORMAL_LABEL = "normal"
+
+_COUNT = FeatureSpec(lower=0, integer=True, why="an event or byte count: a non-negative whole number")
+_FLAG = FeatureSpec(lower=0, upper=1, integer=True, why="documented as 1 or 0")
+_RATE = FeatureSpec(lower=0.0, upper=1.0, why="a fraction of connections in the window")
+_WINDOW_2S = FeatureSpec(
+    lower=0,
+    upper=511,
+    integer=True,
+    why="connections in the past 2 s, capped at 511 by the feature extractor",
+)
+_WINDOW_100 = FeatureSpec(
+    lower=0, upper=255, integer=True, why="connections among the past 100 to the host, stored in one byte"
+)
+_IMMUTABLE_WHY = {
+    "protocol_type": "the transport an attack needs (smurf is ICMP echo, teardrop is UDP "
+    "fragments): changing it changes the attack, not its appearance",
+    "service": "the target service is what the attack exploits (warezmaster needs ftp, phf needs http)",
+    "is_host_login": "set by the victim's own list of host logins, which the attacker does not control",
+}
+
+THREAT_SCHEMA = ThreatSchema(
+    features={
+        "duration": FeatureSpec(lower=0, integer=True, why="whole seconds, non-negative"),
+        "src_bytes": _COUNT,
+        "dst_bytes": _COUNT,
+        "land": _FLAG,
+        "wrong_fragment": _COUNT,
+        "urgent": _COUNT,
+        "hot": _COUNT,
+        "num_failed_logins": _COUNT,
+        "logged_in": _FLAG,
+        "num_compromised": _COUNT,
+        "root_shell": _FLAG,
+        # Documented as a 0/1 flag, but the published files hold the value 2 as well; a bound that
+        # excluded real rows would make the original samples themselves invalid.
+        "su_attempted": FeatureSpec(lower=0, upper=2, integer=True, why="0/1 flag; the files also hold 2"),
+        "num_root": _COUNT,
+        "num_file_creations": _COUNT,
+        "num_shells": _COUNT,
+        "num_access_files": _COUNT,
+        "num_outbound_cmds": _COUNT,
+        "is_host_login": FeatureSpec(
+            lower=0, upper=1, integer=True, mutable=False, why=_IMMUTABLE_WHY["is_host_login"]
+        ),
+        "is_guest_login": _FLAG,
+        "count": _WINDOW_2S,
+        "srv_count": _WINDOW_2S,
+        **{c: _RATE for c in FEATURES if c.endswith("_rate")},
+        "dst_host_count": _WINDOW_100,
+        "dst_host_srv_count": _WINDOW_100,
+        "protocol_type": FeatureSpec(mutable=False, why=_IMMUTABLE_WHY["protocol_type"]),
+        "service": FeatureSpec(mutable=False, why=_IMMUTABLE_WHY["service"]),
+    },
+    source="KDD Cup 1999 feature list (Stolfo et al., kddcup.names, task description), kept by NSL-KDD",
+)
+"""NSL-KDD threat model: 3 of the 41 columns are immutable (protocol_type, service, is_host_login); the
+connection flag stays mutable because an attacker who completes or resets handshakes changes it."""
 
 
 class KddFormatError(ValueError):
@@ -160,6 +218,7 @@ def _to_tabular(frame: pd.DataFrame, name: str) -> TabularData:
         log_scaled=list(LOG_SCALED),
         category={label: LABEL_CATEGORY[label] for label in sorted(set(labels) - {NORMAL_LABEL})},
         name=name,
+        schema=THREAT_SCHEMA,
     )
 
 

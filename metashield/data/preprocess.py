@@ -54,6 +54,26 @@ class FeaturePipeline:
         self._require_fitted()
         return int(self._keep.sum())
 
+    def feature_sources(self) -> list[tuple[str, str | None, bool, float, float]]:
+        """For each output column: (raw column, category value or None, log1p-scaled, mean, std).
+
+        Output = clip((encode(raw) - mean) / std), where encode is the one-hot indicator of the category,
+        log1p for log-scaled columns and the identity otherwise; this is what maps raw-unit constraints to
+        the standardised space.
+        """
+        self._require_fitted()
+        sources: list[tuple[str, str | None]] = []
+        for column in self._columns:
+            if column in self._vocab:
+                sources += [(column, value) for value in self._vocab[column]]
+            else:
+                sources.append((column, None))
+        kept = [src for src, keep in zip(sources, self._keep, strict=True) if keep]
+        return [
+            (column, value, value is None and column in self._log_scaled, float(mean), float(std))
+            for (column, value), mean, std in zip(kept, self._mean, self._std, strict=True)
+        ]
+
     def _require_fitted(self) -> None:
         if not self._fitted:
             raise RuntimeError("FeaturePipeline is not fitted: call fit(data) or from_dict(d) first")

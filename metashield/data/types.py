@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from metashield.data.schema import UNCONSTRAINED, ThreatSchema
+
 BENIGN = "benign"
 """Family name every loader gives to benign rows, whatever the file calls them."""
 
@@ -21,6 +23,7 @@ class TabularData:
     log_scaled: heavy-tailed numeric columns to pass through log1p before standardising.
     category: coarse category of each attack family (e.g. NSL-KDD's DoS/Probe/R2L/U2R), may be empty.
     name: where the data came from, for logs and checkpoint metadata.
+    schema: what an attacker may change in each raw column (bounds, integers, immutable columns).
     """
 
     frame: pd.DataFrame
@@ -29,6 +32,7 @@ class TabularData:
     log_scaled: list[str] = field(default_factory=list)
     category: dict[str, str] = field(default_factory=dict)
     name: str = ""
+    schema: ThreatSchema = UNCONSTRAINED
 
     def __post_init__(self) -> None:
         if len(self.frame) != len(self.family):
@@ -36,6 +40,7 @@ class TabularData:
         missing = [c for c in [*self.categorical, *self.log_scaled] if c not in self.frame.columns]
         if missing:
             raise ValueError(f"{self.name}: columns {missing} are declared but not in the frame")
+        self.schema.check_columns(self.frame.columns, self.name)
 
     @property
     def attack_families(self) -> list[str]:
@@ -50,4 +55,5 @@ class TabularData:
             log_scaled=list(self.log_scaled),
             category=dict(self.category),
             name=self.name,
+            schema=self.schema,
         )

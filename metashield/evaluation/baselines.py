@@ -46,9 +46,14 @@ def finetune_scorer(pretrained: nn.Module, lr: float, steps: int, head_only: boo
     """
     if steps == 0:
         return _zero_shot(pretrained)
+    return learner_scorer(finetune_learner(pretrained, lr, steps, head_only))
+
+
+def finetune_learner(pretrained: nn.Module, lr: float, steps: int, head_only: bool) -> nn.Module:
+    """The fine-tune baseline as a learner with ``adapt``/``predict`` (what attacks through it need)."""
     if head_only:
-        return learner_scorer(ANIL(pretrained, head="head", inner_lr=lr, inner_steps=steps))
-    return learner_scorer(MAML(pretrained, inner_lr=lr, inner_steps=steps, first_order=True))
+        return ANIL(pretrained, head="head", inner_lr=lr, inner_steps=steps)
+    return MAML(pretrained, inner_lr=lr, inner_steps=steps, first_order=True)
 
 
 def _zero_shot(model: nn.Module) -> Scorer:

@@ -1,0 +1,245 @@
+"""Domain constraints in the model's standardised feature space, compiled from a raw-unit threat schema.
+
+Attacks move samples in z-space (the pipeline's output: one-hot, log1p, standardised, clipped), but the
+threat schema speaks raw units. Every map the pipeline applies per column is monotone, so a raw interval is
+a z interval, an integer raw value is a point of a known grid in z, and a category is a known one-hot
+vector. ``Constraints.project`` enforces, in this order: immutable columns, the epsilon-ball, the box
+(documented bounds and the pipeline's clip), integer grids, valid one-hot groups. Each later step only
+moves a coordinate towards the original sample (or reverts it), so no step undoes an earlier one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from metashield.data.preprocess import FeaturePipeline
+from metashield.data.schema import ThreatSchema
+
+NORMS = ("linf", "l2")
+
+
+def check_norm(norm: str) -> None:
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+
+
+def check_eps(eps: float) -> None:
+    if not (isinstance(eps, int | float) and math.isfinite(eps) and eps >= 0):
+        raise ValueError(f"eps must be a finite number >= 0 (z-units), got {eps!r}")
+
+
+def ball(delta: Tensor, eps: float, norm: str) -> Tensor:
+    """Project perturbations [..., D] onto the ``norm`` ball of radius ``eps`` (per row)."""
+    if norm == "linf":
+        return delta.clamp(-eps, eps)
+    length = delta.norm(dim=-1, keepdim=True)
+    return delta * (eps / length.clamp_min(eps if eps > 0 else 1.0)).clamp(max=1.0)
+
+
+def _dist(delta: Tensor, norm: str) -> Tensor:
+    return delta.abs().amax(-1) if norm == "linf" else delta.norm(dim=-1)
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """Feasible set of a threat model for D standardised features (all tensors on one device/dtype).
+
+    lower/upper [D]: box in z-units (documented bounds and the pipeline's clip). mutable [D] bool.
+    int_idx [k]: columns whose raw value is an integer; int_mean/int_std [k] and int_log [k] invert the
+    pipeline (raw = expm1(z·std + mean) when log-scaled, else z·std + mean), float64 always.
+    groups: column indices of each MUTABLE one-hot group; one_z/zero_z [D]: the z-values of indicator 1
+    and 0 for one-hot columns.
+    names: the output feature names, for messages.
+    """
+
+    lower: Tensor
+    upper: Tensor
+    mutable: Tensor
+    int_idx: Tensor
+    int_mean: Tensor
+    int_std: Tensor
+    int_log: Tensor
+    groups: tuple[Tensor, ...]
+    one_z: Tensor
+    zero_z: Tensor
+    clip: float | None
+    names: tuple[str, ...]
+
+    @property
+    def n_features(self) -> int:
+        return int(self.lower.shape[0])
+
+    def to(self, like: Tensor) -> Constraints:
+        """The same constraints on ``like``'s device, float tensors in its dtype."""
+        moved = {}
+        for name in ("lower", "upper", "one_z", "zero_z"):
+            moved[name] = getattr(self, name).to(device=like.device, dtype=like.dtype)
+        # The integer grid is computed in float64 whatever the model's dtype: see ``_raw``.
+        for name in ("mutable", "int_idx", "int_log", "int_mean", "int_std"):
+            moved[name] = getattr(self, name).to(device=like.device)
+        moved["groups"] = tuple(g.to(device=like.device) for g in self.groups)
+        return replace(self, **moved)
+
+    def tolerance(self, dtype: torch.dtype) -> float:
+        """Slack for checks: a few ulps at the largest |z| the pipeline produces."""
+        scale = max(1.0, self.clip or 1.0)
+        return 16 * torch.finfo(dtype).eps * scale
+
+    def _raw(self, z: Tensor) -> Tensor:
+        enc = z.double() * self.int_std + self.int_mean
+        return torch.where(self.int_log, torch.expm1(enc), enc)
+
+    def _z(self, raw: Tensor) -> Tensor:
+        enc = torch.where(self.int_log, torch.log1p(raw.clamp_min(-1 + 1e-12)), raw)
+        return (enc - self.int_mean) / self.int_std
+
+    def project(self, x: Tensor, x0: Tensor, eps: float, norm: str = "linf") -> Tensor:
+        """The feasible point for candidate ``x`` [..., D] around original ``x0`` [..., D].
+
+        Integer columns round to the nearest whole raw value when that stays in the L∞ ball, otherwise (and
+        always under L2) towards the original value, which never lengthens the perturbation.
+        """
+        delta = torch.where(self.mutable, x - x0, torch.zeros_like(x))
+        x = torch.maximum(torch.minimum(x0 + ball(delta, eps, norm), self.upper), self.lower)
+        if self.int_idx.numel():
+            x = self._round(x, x0, eps, norm)
+        for group in self.groups:
+            x = self._one_hot(x, x0, group, eps, norm)
+        return x
+
+    def _round(self, x: Tensor, x0: Tensor, eps: float, norm: str) -> Tensor:
+        xi, x0i = x[..., self.int_idx], x0[..., self.int_idx]
+        raw = self._raw(xi)
+        slack = 1e-6 * raw.abs().clamp_min(1.0)
+        down, up = torch.floor(raw + slack), torch.ceil(raw - slack)
+        toward = self._z(torch.where(x0i >= xi, up, down))
+        if norm == "linf":
+            nearest = self._z(torch.round(raw))
+            ok = (nearest - x0i.double()).abs() <= eps
+            toward = torch.where(ok, nearest, toward)
+        lower, upper = self.lower[self.int_idx].double(), self.upper[self.int_idx].double()
+        rounded = torch.maximum(torch.minimum(toward, upper), lower).to(x.dtype)
+        # An untouched coordinate keeps its exact original value rather than a float round trip of it.
+        x = x.clone()
+        x[..., self.int_idx] = torch.where(xi == x0i, x0i, rounded)
+        return x
+
+    def _one_hot(self, x: Tensor, x0: Tensor, group: Tensor, eps: float, norm: str) -> Tensor:
+        one, zero = self.one_z[group], self.zero_z[group]
+        indicator = (x[..., group] - zero) / (one - zero)
+        orig = x0[..., group]
+        # The box caps every indicator at 1, so a category pushed all the way up ties with the original
+        # one; the tie goes to the category the attack moved towards.
+        pick = (indicator - 1e-3 * (orig - zero) / (one - zero)).argmax(-1, keepdim=True)
+        chosen = torch.where(torch.zeros_like(indicator, dtype=torch.bool).scatter(-1, pick, True), one, zero)
+        # A sample whose original category was unseen in training (all zeros) may keep that state.
+        none = indicator.amax(-1, keepdim=True) < 0.5
+        chosen = torch.where(none & ((orig - zero).abs().amax(-1, keepdim=True) == 0), orig, chosen)
+        candidate = x.clone()
+        candidate[..., group] = chosen
+        fits = _dist(candidate - x0, norm) <= eps + self.tolerance(x.dtype)
+        candidate[..., group] = torch.where(fits.unsqueeze(-1), chosen, orig)
+        return candidate
+
+    def violations(self, x: Tensor, x0: Tensor, eps: float, norm: str = "linf") -> dict[str, int]:
+        """Rows of [..., D] breaking each constraint, by constraint; all 0 for a valid attack."""
+        tol = self.tolerance(x.dtype)
+        delta = x - x0
+        counts = {
+            "ball": _dist(delta, norm) > eps + tol,
+            "immutable": (delta.abs() > tol)[..., ~self.mutable].any(-1),
+            "bounds": ((x < self.lower - tol) | (x > self.upper + tol)).any(-1),
+        }
+        if self.int_idx.numel():
+            xi = x[..., self.int_idx]
+            back = self._z(torch.round(self._raw(xi))).to(x.dtype)
+            clipped = xi.abs() >= (self.clip if self.clip is not None else math.inf) - tol
+            counts["integer"] = (((back - xi).abs() > tol) & ~clipped).any(-1)
+        else:
+            counts["integer"] = torch.zeros_like(counts["ball"])
+        bad_group = torch.zeros_like(counts["ball"])
+        for group in self.groups:
+            one, zero = self.one_z[group], self.zero_z[group]
+            is_one, is_zero = (x[..., group] - one).abs() <= tol, (x[..., group] - zero).abs() <= tol
+            valid = (is_one | is_zero).all(-1) & (is_one.sum(-1) <= 1)
+            unchanged = (x[..., group] - x0[..., group]).abs().amax(-1) <= tol
+            bad_group |= ~(valid & ((is_one.sum(-1) == 1) | unchanged))
+        counts["one_hot"] = bad_group
+        return {name: int(mask.sum()) for name, mask in counts.items()}
+
+
+def compile_constraints(
+    pipeline: FeaturePipeline, schema: ThreatSchema, *, dtype: torch.dtype = torch.float32
+) -> Constraints:
+    """The z-space form of ``schema`` for the columns ``pipeline`` outputs."""
+    sources = pipeline.feature_sources()
+    schema.check_columns(pipeline.input_columns, "threat schema")
+    clip = pipeline.clip
+    big = clip if clip is not None else math.inf
+    d = len(sources)
+    lower, upper = np.full(d, -big), np.full(d, big)
+    mutable = np.ones(d, dtype=bool)
+    one_z, zero_z = np.zeros(d), np.zeros(d)
+    ints: list[int] = []
+    groups: dict[str, list[int]] = {}
+    for j, (column, value, log, mean, std) in enumerate(sources):
+        spec = schema.spec(column)
+        mutable[j] = spec.mutable
+
+        def z(raw: float, log: bool = log, mean: float = mean, std: float = std) -> float:
+            # The pipeline clips, so a rare category's indicator 1 may sit at the clip value, not at (1-m)/s.
+            value = ((math.log1p(raw) if log else raw) - mean) / std
+            return min(max(value, -big), big)
+
+        if value is not None:
+            one_z[j], zero_z[j] = z(1.0), z(0.0)
+            lower[j], upper[j] = min(one_z[j], zero_z[j]), max(one_z[j], zero_z[j])
+            groups.setdefault(column, []).append(j)
+            continue
+        if spec.lower is not None:
+            lower[j] = max(lower[j], z(spec.lower))
+        if spec.upper is not None:
+            upper[j] = min(upper[j], z(spec.upper))
+        if spec.integer:
+            ints.append(j)
+    names = tuple(pipeline.feature_names)
+    int_idx = np.asarray(ints, dtype=np.int64)
+    return Constraints(
+        lower=torch.tensor(lower, dtype=dtype),
+        upper=torch.tensor(upper, dtype=dtype),
+        mutable=torch.tensor(mutable),
+        int_idx=torch.tensor(int_idx),
+        int_mean=torch.tensor([sources[j][3] for j in ints], dtype=torch.float64),
+        int_std=torch.tensor([sources[j][4] for j in ints], dtype=torch.float64),
+        int_log=torch.tensor([sources[j][2] for j in ints], dtype=torch.bool),
+        groups=tuple(torch.tensor(cols) for column, cols in groups.items() if schema.spec(column).mutable),
+        one_z=torch.tensor(one_z, dtype=dtype),
+        zero_z=torch.tensor(zero_z, dtype=dtype),
+        clip=clip,
+        names=names,
+    )
+
+
+def box_constraints(
+    n_features: int, lower: float = -math.inf, upper: float = math.inf, *, dtype: torch.dtype = torch.float32
+) -> Constraints:
+    """Only a box (e.g. [0, 1] for image-style inputs, or nothing): every feature mutable and continuous."""
+    return Constraints(
+        lower=torch.full((n_features,), float(lower), dtype=dtype),
+        upper=torch.full((n_features,), float(upper), dtype=dtype),
+        mutable=torch.ones(n_features, dtype=torch.bool),
+        int_idx=torch.zeros(0, dtype=torch.int64),
+        int_mean=torch.zeros(0, dtype=torch.float64),
+        int_std=torch.ones(0, dtype=torch.float64),
+        int_log=torch.zeros(0, dtype=torch.bool),
+        groups=(),
+        one_z=torch.zeros(n_features, dtype=dtype),
+        zero_z=torch.zeros(n_features, dtype=dtype),
+        clip=None,
+        names=tuple(f"x{j}" for j in range(n_features)),
+    )

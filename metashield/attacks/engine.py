@@ -1,0 +1,289 @@
+"""The one evasion engine: loss x step rule x constraint projection x initialisation.
+
+An attack optimises inputs ``x`` [..., D] (rows: samples, or the rows of support sets) against an
+*objective* ``x -> (loss, score)``: the attacker ascends ``loss`` (gradient rules) and wants ``score`` low
+(the detector's attack score, e.g. the logit margin z_attack - z_benign). Both have a *unit* shape that is a
+prefix of the row shape: one value per sample for query attacks, one per task when a whole support set is the
+unit. Every iterate goes through ``Constraints.project``; the engine keeps, per unit, the iterate with the
+lowest score (the original input included, so an attack never helps the detector), unless ``keep="last"``.
+
+Step rules: ``pgd`` (fixed step, sign for L∞, normalised gradient for L2; FGSM is one full-size step),
+``apgd`` (momentum and a per-unit step size halved at checkpoints when progress stalls, after Croce & Hein,
+ICML 2020) and ``square`` (score-based random search over vertices of the ball, after Andriushchenko et al.,
+ECCV 2020, without gradients: the check for gradient masking).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from metashield.attacks.constraints import Constraints, check_eps, check_norm
+
+Objective = Callable[[Tensor], tuple[Tensor, Tensor]]
+"""x [..., D] -> (loss to ascend, score the attacker wants low), both of the unit shape."""
+
+LOSSES = ("ce", "margin")
+RULES = ("pgd", "apgd", "square")
+
+
+@dataclass(frozen=True)
+class Attack:
+    """One attack configuration; ``eps`` is given per call so one attack serves a list of budgets.
+
+    loss: ``ce`` (cross-entropy of the true class) or ``margin`` (CW-style z_true - max other z; binary safe).
+    rule: ``pgd``, ``apgd`` or ``square``. norm: ``linf`` or ``l2`` (z-units). steps: iterations per restart.
+    step_size: PGD step as a fraction of eps. restarts: independent runs, the best per unit kept.
+    random_start: start each restart at a random feasible point of the ball instead of the input.
+    keep: ``best`` (lowest score over all iterates) or ``last`` (final iterate, as torchattacks and ART).
+    """
+
+    name: str
+    loss: str = "ce"
+    rule: str = "pgd"
+    norm: str = "linf"
+    steps: int = 20
+    step_size: float = 0.25
+    restarts: int = 1
+    random_start: bool = True
+    keep: str = "best"
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ValueError(f"attack {self.name!r}: loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.rule not in RULES:
+            raise ValueError(f"attack {self.name!r}: rule must be one of {RULES}, got {self.rule!r}")
+        check_norm(self.norm)
+        if self.steps < 1 or self.restarts < 1:
+            raise ValueError(f"attack {self.name!r}: steps and restarts must be >= 1")
+        if not (self.step_size > 0 and math.isfinite(self.step_size)):
+            raise ValueError(f"attack {self.name!r}: step_size must be > 0, got {self.step_size}")
+        if self.keep not in ("best", "last"):
+            raise ValueError(f"attack {self.name!r}: keep must be 'best' or 'last', got {self.keep!r}")
+        if self.keep == "last" and self.restarts != 1:
+            raise ValueError(f"attack {self.name!r}: keep='last' needs restarts=1")
+
+
+def margin(logits: Tensor, y: Tensor) -> Tensor:
+    """z_y - max_{j != y} z_j per sample: logits [..., C], y [...] int64 -> [...]; negative = misclassified.
+
+    For two classes and y = 1 this is the detector's score z_attack - z_benign.
+    """
+    true = logits.gather(-1, y.unsqueeze(-1)).squeeze(-1)
+    others = logits.masked_fill(F.one_hot(y, logits.shape[-1]).bool(), -math.inf)
+    return true - others.amax(-1)
+
+
+def classifier_objective(forward: Callable[[Tensor], Tensor], y: Tensor, loss: str) -> Objective:
+    """Objective for a classifier's inputs: ``forward`` x [..., D] -> logits [..., C]; true labels y [...]."""
+
+    def objective(x: Tensor) -> tuple[Tensor, Tensor]:
+        logits = forward(x)
+        m = margin(logits, y)
+        if loss == "margin":
+            return -m, m
+        ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="none")
+        return ce.view(y.shape), m
+
+    return objective
+
+
+def _rows(unit: Tensor, x: Tensor) -> Tensor:
+    """A unit-shaped tensor broadcast over the rows and features of ``x``."""
+    return unit.reshape(unit.shape + (1,) * (x.dim() - unit.dim()))
+
+
+def _normalise(g: Tensor, norm: str) -> Tensor:
+    if norm == "linf":
+        return g.sign()
+    return g / g.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def _random_start(x0: Tensor, eps: float, norm: str, gen: torch.Generator) -> Tensor:
+    if norm == "linf":
+        return x0 + eps * (2 * torch.rand(x0.shape, generator=gen, device=x0.device, dtype=x0.dtype) - 1)
+    d = torch.randn(x0.shape, generator=gen, device=x0.device, dtype=x0.dtype)
+    r = torch.rand(x0.shape[:-1] + (1,), generator=gen, device=x0.device, dtype=x0.dtype)
+    return x0 + eps * r * d / d.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+class _Run:
+    """State shared by the step rules of one call: projection, frozen rows, best-so-far per unit."""
+
+    def __init__(
+        self,
+        objective: Objective,
+        x0: Tensor,
+        eps: float,
+        attack: Attack,
+        constraints: Constraints,
+        free: Tensor,
+    ) -> None:
+        self.objective, self.x0, self.eps, self.attack = objective, x0, eps, attack
+        self.constraints, self.free = constraints, free.unsqueeze(-1)
+        with torch.no_grad():
+            _, score = objective(x0)
+        self.best_x, self.best_score = x0.clone(), score.detach().clone()
+
+    def project(self, x: Tensor) -> Tensor:
+        return torch.where(
+            self.free, self.constraints.project(x, self.x0, self.eps, self.attack.norm), self.x0
+        )
+
+    def evaluate(self, x: Tensor, need_grad: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+        """(loss, score, gradient of the summed loss w.r.t. x or None), recording the best iterate."""
+        if need_grad:
+            with torch.enable_grad():
+                xg = x.detach().requires_grad_(True)
+                loss, score = self.objective(xg)
+                (g,) = torch.autograd.grad(loss.sum(), xg)
+        else:
+            with torch.no_grad():
+                loss, score = self.objective(x)
+            g = None
+        loss, score = loss.detach(), score.detach()
+        better = score < self.best_score
+        self.best_score = torch.where(better, score, self.best_score)
+        self.best_x = torch.where(_rows(better, x), x, self.best_x)
+        return loss, score, g
+
+
+def perturb(
+    objective: Objective,
+    x0: Tensor,
+    *,
+    attack: Attack,
+    eps: float,
+    constraints: Constraints,
+    free: Tensor | None = None,
+    seed: int = 0,
+) -> tuple[Tensor, Tensor]:
+    """Run ``attack`` from ``x0`` [..., D]; returns (adversarial x [..., D], its score [unit shape]).
+
+    free: bool [...] rows allowed to move (e.g. only malicious samples); the others stay exactly as given.
+    The result satisfies every constraint and the ``eps`` ball around ``x0``. Seeded: the same call gives
+    the same result.
+    """
+    check_eps(eps)
+    x0 = x0.detach()
+    constraints = constraints.to(x0)
+    if constraints.n_features != x0.shape[-1]:
+        raise ValueError(f"constraints cover {constraints.n_features} features, inputs have {x0.shape[-1]}")
+    free = torch.ones(x0.shape[:-1], dtype=torch.bool, device=x0.device) if free is None else free
+    if free.shape != x0.shape[:-1]:
+        raise ValueError(f"free must have the row shape {tuple(x0.shape[:-1])}, got {tuple(free.shape)}")
+    gen = torch.Generator(device=x0.device).manual_seed(seed)
+    run = _Run(objective, x0, eps, attack, constraints, free.to(x0.device))
+    last = x0
+    if eps == 0:
+        return run.best_x, run.best_score
+    for _ in range(attack.restarts):
+        start = run.project(_random_start(x0, eps, attack.norm, gen)) if attack.random_start else x0
+        rule = {"pgd": _pgd, "apgd": _apgd, "square": _square}[attack.rule]
+        last = rule(run, start, gen)
+    if attack.keep == "last":
+        with torch.no_grad():
+            _, score = objective(last)
+        return last, score.detach()
+    return run.best_x, run.best_score
+
+
+def _pgd(run: _Run, x: Tensor, gen: torch.Generator) -> Tensor:
+    step = run.attack.step_size * run.eps
+    for _ in range(run.attack.steps):
+        _, _, g = run.evaluate(x, need_grad=True)
+        x = run.project(x + step * _normalise(g, run.attack.norm))
+    run.evaluate(x, need_grad=False)
+    return x
+
+
+def _checkpoints(steps: int) -> list[int]:
+    """Iterations where APGD reconsiders its step size.
+
+    Fractions of the budget p0 = 0, p1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06).
+    """
+    p = [0.0, 0.22]
+    while p[-1] < 1:
+        p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
+    # The small slack keeps 0.41 * 100 = 41.000000000000004 from rounding up to 42.
+    marks = {math.ceil(q * steps - 1e-9) for q in p[1:]}
+    return sorted(m for m in marks if m < steps)
+
+
+def _apgd(run: _Run, x: Tensor, gen: torch.Generator) -> Tensor:
+    steps, momentum, rho = run.attack.steps, 0.75, 0.75
+    loss, _, g = run.evaluate(x, need_grad=True)
+    unit = loss.shape
+    eta = torch.full(unit, 2.0 * run.eps, device=x.device, dtype=x.dtype)
+    best_loss, best_x, best_g = loss.clone(), x.clone(), g
+    x_prev = x
+    x = run.project(x + _rows(eta, x) * _normalise(g, run.attack.norm))
+    checkpoints = set(_checkpoints(steps))
+    increases = torch.zeros(unit, device=x.device, dtype=x.dtype)
+    since, last_best, last_eta = 0, best_loss.clone(), eta.clone()
+    prev_loss = loss
+    for k in range(1, steps):
+        loss, _, g = run.evaluate(x, need_grad=True)
+        increases += (loss > prev_loss).to(x.dtype)
+        since += 1
+        improved = loss > best_loss
+        best_loss = torch.where(improved, loss, best_loss)
+        best_x = torch.where(_rows(improved, x), x, best_x)
+        best_g = torch.where(_rows(improved, x), g, best_g)
+        if k in checkpoints:
+            stalled = increases < rho * since
+            stuck = (eta == last_eta) & (best_loss == last_best)
+            halve = stalled | stuck
+            last_eta, last_best = eta.clone(), best_loss.clone()
+            eta = torch.where(halve, eta / 2, eta)
+            # Restart a halved unit from its best point (with that point's gradient).
+            x = torch.where(_rows(halve, x), best_x, x)
+            g = torch.where(_rows(halve, x), best_g, g)
+            increases.zero_()
+            since = 0
+        z = run.project(x + _rows(eta, x) * _normalise(g, run.attack.norm))
+        x_next = run.project(x + momentum * (z - x) + (1 - momentum) * (x - x_prev))
+        x_prev, x, prev_loss = x, x_next, loss
+    run.evaluate(x, need_grad=False)
+    return x
+
+
+def _square(run: _Run, x: Tensor, gen: torch.Generator) -> Tensor:
+    """Random search: flip a shrinking random subset of mutable coordinates to a vertex of the ball and keep
+    the candidate wherever it lowers the score. Uses scores only, so gradient masking cannot hide from it."""
+    eps, norm = run.eps, run.attack.norm
+    device, dtype = x.device, x.dtype
+
+    def vertex(shape: torch.Size) -> Tensor:
+        return eps * (2 * torch.randint(0, 2, shape, generator=gen, device=device) - 1).to(dtype)
+
+    mutable = run.constraints.mutable
+    n_mutable = max(1, int(mutable.sum()))
+    # Square starts at a vertex of the ball (L∞) whatever ``random_start`` says: vertices are where
+    # a score-based search over an L∞ ball does best.
+    if norm == "linf":
+        x = run.project(run.x0 + torch.where(mutable, vertex(x.shape), torch.zeros_like(x)))
+    _, score, _ = run.evaluate(x, need_grad=False)
+    current, current_score = x, score
+    for i in range(run.attack.steps):
+        # The fraction of coordinates resampled halves at fixed fractions of the budget, as in Square.
+        fraction = 0.3 * 0.5 ** sum(i >= int(f * run.attack.steps) for f in (0.01, 0.05, 0.2, 0.4, 0.6, 0.8))
+        k = max(1, round(fraction * n_mutable))
+        keys = torch.rand(x.shape, generator=gen, device=device, dtype=dtype).masked_fill(~mutable, 2.0)
+        chosen = keys <= keys.kthvalue(k, dim=-1, keepdim=True).values
+        if norm == "linf":
+            proposal = torch.where(chosen, run.x0 + vertex(x.shape), current)
+        else:
+            noise = torch.randn(x.shape, generator=gen, device=device, dtype=dtype)
+            proposal = current + torch.where(chosen, noise, torch.zeros_like(noise)) * eps / math.sqrt(k)
+        proposal = run.project(proposal)
+        _, score, _ = run.evaluate(proposal, need_grad=False)
+        better = score < current_score
+        current_score = torch.where(better, score, current_score)
+        current = torch.where(_rows(better, x), proposal, current)
+    return current

@@ -1,0 +1,31 @@
+"""Named attacks built on the one engine, and the default ensemble of ``robust_evaluate``."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from metashield.attacks.engine import Attack
+
+PRESETS: dict[str, Attack] = {
+    a.name: a
+    for a in (
+        Attack("fgsm", loss="ce", rule="pgd", steps=1, step_size=1.0, random_start=False),
+        Attack("pgd", loss="ce", rule="pgd", steps=20, step_size=0.25),
+        Attack("pgd-margin", loss="margin", rule="pgd", steps=20, step_size=0.25),
+        Attack("apgd-ce", loss="ce", rule="apgd", steps=50, random_start=False),
+        Attack("apgd-margin", loss="margin", rule="apgd", steps=50, random_start=False),
+        Attack("square", loss="margin", rule="square", steps=300, random_start=False),
+    )
+}
+"""L∞ presets (``get_attack(name, norm="l2")`` gives the L2 version). PGD steps a quarter of eps from a
+random start; APGD starts at the input and halves its step when progress stalls; Square uses scores only."""
+
+DEFAULT_ENSEMBLE: tuple[str, ...] = ("pgd", "apgd-ce", "apgd-margin", "square")
+"""White-box attacks with both losses plus the gradient-free check; the worst case per sample is kept."""
+
+
+def get_attack(name: str, **changes) -> Attack:
+    """The preset ``name`` with fields replaced by ``changes`` (e.g. ``norm="l2"``, ``steps=100``)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown attack {name!r}; attacks are {sorted(PRESETS)}")
+    return replace(PRESETS[name], **changes) if changes else PRESETS[name]

@@ -1,0 +1,333 @@
+"""The ``attack`` job: clean vs robust detection of a trained run's held-out families.
+
+Two threat models on the run's meta-test episodes (the ones ``evaluate`` scores):
+
+- ``query``: evasion after adaptation. Each method adapts on the clean support set; the attacker sees the
+  adapted parameters and perturbs the malicious queries (one attack, or the ensemble with its sanity checks).
+- ``support``: the attacker controls a fraction of the malicious support rows (``attacks.support``); its
+  own samples are the first attack queries of each episode, and detection is scored on the others only.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from metashield._atomic import atomic_write_json
+from metashield.attacks.constraints import Constraints, box_constraints, compile_constraints
+from metashield.attacks.presets import DEFAULT_ENSEMBLE, get_attack
+from metashield.attacks.support import MODES, poison_support
+from metashield.checkpoint import has_checkpoint
+from metashield.device import resolve_device
+from metashield.evaluation.baselines import finetune_learner
+from metashield.evaluation.metrics import bootstrap_ci, family_bootstrap_ci, paired_difference_ci, tpr_at_fpr
+from metashield.evaluation.protocol import build_episode_sets
+from metashield.evaluation.robust import pool_sanity, robust_evaluate
+from metashield.workflow import _load_model, load_run
+
+log = logging.getLogger(__name__)
+
+GRADIENT_LEARNERS = ("maml", "fomaml", "metasgd", "anil", "reptile")
+
+
+def _ci(by_family: dict[str, np.ndarray], seed: int) -> dict:
+    mean, flo, fhi = family_bootstrap_ci(by_family, seed=seed)
+    _, elo, ehi = bootstrap_ci(np.concatenate(list(by_family.values())), seed=seed)
+    return {"mean": mean, "episode_ci": [elo, ehi], "family_ci": [flo, fhi]}
+
+
+def _constraints(kind: str, prep) -> Constraints:
+    if kind == "default":
+        return compile_constraints(prep.pipeline, prep.schema)
+    if kind == "none":
+        return box_constraints(prep.X.shape[1])
+    raise ValueError(f"constraints must be 'default' (the dataset's threat schema) or 'none', got {kind!r}")
+
+
+def _learners(run_dir: Path, config, prep, meta: dict, methods: Sequence[str] | None, shots: int, device):
+    """name -> learner with ``adapt``/``predict``: trained gradient meta-learners and the tuned fine-tune."""
+    in_dim = int(meta["in_dim"])
+    metrics_path = run_dir / "metrics.json"
+    metrics = {}
+    if metrics_path.is_file():
+        import json
+
+        metrics = json.loads(metrics_path.read_text(encoding="utf-8")).get("shots", {}).get(str(shots), {})
+    available = [a for a in config.train.algorithms if a in GRADIENT_LEARNERS and has_checkpoint(run_dir, a)]
+    if methods is None:
+        best = metrics.get("best_meta_learner")
+        methods = [best if best in available else available[0]] if available else []
+        if "finetune" in metrics.get("tuned_baselines", {}):
+            methods.append("finetune")
+    learners = {}
+    for name in methods:
+        if name == "finetune":
+            tuned = metrics.get("tuned_baselines", {}).get("finetune")
+            if tuned is None:
+                raise FileNotFoundError(
+                    f"{metrics_path}: no tuned fine-tune baseline at {shots} shots; run "
+                    f"`metashield evaluate --run {run_dir} --shots {shots}` first"
+                )
+            pretrained = _load_model(config, in_dim, run_dir, "pretrained").to(device)
+            p = tuned["params"]
+            learners[name] = finetune_learner(pretrained, p["lr"], p["steps"], p["head_only"])
+        elif name in available:
+            learners[name] = _load_model(config, in_dim, run_dir, name, name).to(device)
+        else:
+            raise ValueError(
+                f"method {name!r} cannot be attacked in {run_dir}: methods are 'finetune' and the trained "
+                f"gradient meta-learners {available}"
+            )
+    if not learners:
+        raise ValueError(f"{run_dir}: no gradient meta-learner checkpoint to attack")
+    for learner in learners.values():
+        learner.eval()
+    return learners
+
+
+def _chunks(n: int, size: int) -> list[slice]:
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def attack_run(
+    run_dir: str | Path,
+    *,
+    threat: str = "query",
+    attack: str = "pgd",
+    eps: Sequence[float] = (0.05, 0.1, 0.2),
+    norm: str = "linf",
+    constraints: str = "default",
+    methods: Sequence[str] | None = None,
+    shots: int = 5,
+    episodes: int = 10,
+    fraction: float = 0.2,
+    mode: str = "flip-optimised",
+    own_samples: int = 10,
+    seed: int | None = None,
+    out_name: str = "attack.json",
+) -> dict:
+    """Attack a trained run's meta-test episodes; writes ``<run>/<out_name>`` and returns the report.
+
+    attack: a preset name or ``ensemble`` (query threat). eps: budgets in z-units of the standardised
+    features.
+    """
+    run_dir = Path(run_dir)
+    if threat not in ("query", "support"):
+        raise ValueError(f"threat must be 'query' or 'support', got {threat!r}")
+    if threat == "support" and mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    config, prep, meta = load_run(run_dir)
+    seed = config.seed if seed is None else seed
+    device = resolve_device(config.device)
+    learners = _learners(run_dir, config, prep, meta, methods, shots, device)
+    feasible = _constraints(constraints, prep)
+    sets = build_episode_sets(
+        prep.X,
+        prep.family,
+        prep.split.test,
+        prep.benign["test"],
+        shots=shots,
+        n_episodes=episodes,
+        attack_queries=config.evaluate.attack_queries,
+        benign_queries=config.evaluate.benign_queries,
+        seed=config.seed,
+        device=device,
+    )
+    report: dict = {
+        "run": str(run_dir),
+        "threat": threat,
+        "shots": shots,
+        "episodes_per_family": episodes,
+        "norm": norm,
+        "eps": list(eps),
+        "eps_units": "z-units of the standardised features (per-feature standard deviations)",
+        "constraints": constraints,
+        "families": sorted(sets),
+    }
+    if threat == "query":
+        names = list(DEFAULT_ENSEMBLE) if attack == "ensemble" else [attack]
+        report["attacks"] = names
+        report["methods"] = {
+            m: _query_threat(learner, sets, feasible, names, eps, norm, seed, sanity=attack == "ensemble")
+            for m, learner in learners.items()
+        }
+    else:
+        report.update(fraction=fraction, mode=mode, own_samples=own_samples, attack=attack)
+        report["methods"] = {
+            m: _support_threat(
+                learner, sets, feasible, get_attack(attack, norm=norm), eps, fraction, mode, own_samples, seed
+            )
+            for m, learner in learners.items()
+        }
+    atomic_write_json(run_dir / out_name, report)
+    report["table"] = format_attack_table(report)
+    return report
+
+
+def _query_threat(learner, sets, feasible, names, eps, norm, seed, *, sanity: bool, chunk: int = 10) -> dict:
+    clean: dict[str, list] = {}
+    robust: dict[str, dict[str, list]] = {str(e): {} for e in eps}
+    violations: dict[str, int] = {}
+    checks = []
+    for fam, es in sets.items():
+        benign = es.query_y[0] == 0
+        clean[fam] = []
+        for e in eps:
+            robust[str(e)][fam] = []
+        for part in _chunks(es.support_x.shape[0], chunk):
+            with torch.no_grad():
+                params = learner.adapt(es.support_x[part], es.support_y[part])
+            qx = es.query_x[part]
+            result = robust_evaluate(
+                lambda x, params=params: learner.predict(params, x),
+                qx[:, benign],
+                qx[:, ~benign],
+                constraints=feasible,
+                eps=eps,
+                attacks=names,
+                norm=norm,
+                seed=seed,
+                sanity=sanity,
+            )
+            clean[fam] += result["clean"]["tpr"]
+            for e in eps:
+                entry = result["robust"][str(e)]
+                robust[str(e)][fam] += entry["tpr"]
+                violations = {k: violations.get(k, 0) + v for k, v in entry["violations"].items()}
+            if sanity:
+                checks.append(result["sanity"])
+    out = {
+        "clean_tpr@1%fpr": _ci({f: np.array(v) for f, v in clean.items()}, seed),
+        "robust_tpr@1%fpr": {e: _ci({f: np.array(v) for f, v in r.items()}, seed) for e, r in robust.items()},
+        "violations": violations,
+    }
+    if sanity:
+        out["sanity"] = pool_sanity(checks)
+        out["flags"] = [name for name, check in out["sanity"].items() if not check["ok"]]
+    return out
+
+
+def _episode_tpr(scores: np.ndarray, benign: np.ndarray, keep: np.ndarray) -> list[float]:
+    y = np.r_[np.zeros(int(benign.sum())), np.ones(int(keep.sum()))]
+    return [tpr_at_fpr(np.r_[s[benign], s[keep]], y, 0.01) for s in scores]
+
+
+def _support_threat(
+    learner, sets, feasible, attack, eps, fraction, mode, own_samples, seed, chunk=10
+) -> dict:
+    """Per eps: TPR@1%FPR with a clean support, after a random label flip of the controlled rows, and after
+    the optimised attack (``mode``), on the defender's queries that are not the attacker's own samples."""
+    results: dict[str, dict[str, dict[str, list]]] = {}
+    for e in eps:
+        per = {"clean": {}, "random_flip": {}, "attacked": {}}
+        for fam, es in sets.items():
+            benign = es.query_y[0] == 0
+            attack_cols = np.flatnonzero(~benign)
+            n_own = min(own_samples, len(attack_cols) // 2)
+            if n_own < 1:
+                log.warning(
+                    "%s: %d attack queries, too few to give the attacker its own samples",
+                    fam,
+                    len(attack_cols),
+                )
+                continue
+            own_cols, eval_cols = attack_cols[:n_own], attack_cols[n_own:]
+            keep = np.zeros_like(benign)
+            keep[eval_cols] = True
+            for key in per:
+                per[key].setdefault(fam, [])
+            for part in _chunks(es.support_x.shape[0], chunk):
+                sx, sy, qx = es.support_x[part], es.support_y[part], es.query_x[part]
+                own = qx[:, own_cols]
+                variants = {
+                    "clean": (sx, sy),
+                    "random_flip": poison_support(
+                        learner.adapt,
+                        learner.predict,
+                        sx,
+                        sy,
+                        own,
+                        fraction=fraction,
+                        mode="flip",
+                        eps=0.0,
+                        constraints=feasible,
+                        attack=attack,
+                        seed=seed,
+                    )[:2],
+                    "attacked": poison_support(
+                        learner.adapt,
+                        learner.predict,
+                        sx,
+                        sy,
+                        own,
+                        fraction=fraction,
+                        mode=mode,
+                        eps=e,
+                        constraints=feasible,
+                        attack=attack,
+                        seed=seed,
+                    )[:2],
+                }
+                for key, (px, py) in variants.items():
+                    with torch.no_grad():
+                        logits = learner.predict(learner.adapt(px, py), qx)
+                    scores = (logits[..., 1] - logits[..., 0]).double().cpu().numpy()
+                    per[key][fam] += _episode_tpr(scores, benign, keep)
+        arrays = {k: {f: np.array(v) for f, v in d.items()} for k, d in per.items()}
+        results[str(e)] = {
+            **{f"{k}_tpr@1%fpr": _ci(v, seed) for k, v in arrays.items()},
+            "drop_attacked": _paired(arrays["clean"], arrays["attacked"], seed),
+            "drop_random_flip": _paired(arrays["clean"], arrays["random_flip"], seed),
+            "attacked_minus_random_flip": _paired(arrays["attacked"], arrays["random_flip"], seed),
+        }
+    return results
+
+
+def _paired(a: dict[str, np.ndarray], b: dict[str, np.ndarray], seed: int) -> dict:
+    mean, lo, hi = paired_difference_ci(a, b, seed=seed)
+    return {"mean": mean, "family_ci": [lo, hi]}
+
+
+def _pct(ci: dict) -> str:
+    lo, hi = ci["family_ci"]
+    return f"{100 * ci['mean']:6.1f} [{100 * lo:5.1f},{100 * hi:5.1f}]"
+
+
+def format_attack_table(report: dict) -> str:
+    """Plain-text summary: TPR@1%FPR in percent with family-level 95% CIs."""
+    lines = [
+        f"{report['threat']} attack, {report['shots']}-shot, {report['norm']} eps in z-units, "
+        f"constraints={report['constraints']}, {report['episodes_per_family']} episodes x "
+        f"{len(report['families'])} held-out families"
+    ]
+    for method, r in report["methods"].items():
+        if report["threat"] == "query":
+            lines.append(f"{method}: clean TPR@1%FPR {_pct(r['clean_tpr@1%fpr'])}")
+            for e, ci in r["robust_tpr@1%fpr"].items():
+                lines.append(f"  eps={e:<6} robust TPR@1%FPR {_pct(ci)}")
+            lines.append(f"  constraint violations: {sum(r['violations'].values())}")
+            for name, check in r.get("sanity", {}).items():
+                lines.append(f"  sanity {name}: {'ok' if check['ok'] else 'FLAGGED'} {_check_text(check)}")
+        else:
+            lines.append(f"{method}:")
+            for e, s in r.items():
+                lines.append(
+                    f"  eps={e:<6} clean {_pct(s['clean_tpr@1%fpr'])}  random flip "
+                    f"{_pct(s['random_flip_tpr@1%fpr'])}  attacked {_pct(s['attacked_tpr@1%fpr'])}  "
+                    f"attacked - flip {100 * s['attacked_minus_random_flip']['mean']:+.1f} "
+                    f"[{100 * s['attacked_minus_random_flip']['family_ci'][0]:+.1f}, "
+                    f"{100 * s['attacked_minus_random_flip']['family_ci'][1]:+.1f}]"
+                )
+    return "\n".join(lines)
+
+
+def _check_text(check: dict) -> str:
+    return ", ".join(
+        f"{k}={100 * v:.1f}" if isinstance(v, float) and k not in ("eps",) else f"{k}={v}"
+        for k, v in check.items()
+        if k != "ok"
+    )

@@ -1,0 +1,264 @@
+"""The evasion engine, its constraint projection and the robust evaluation, on cases with known answers."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from metashield.attacks.constraints import box_constraints, compile_constraints
+from metashield.attacks.engine import Attack, _checkpoints, classifier_objective, margin, perturb
+from metashield.attacks.presets import get_attack
+from metashield.data import FeaturePipeline, TabularData
+from metashield.data.schema import FeatureSpec, ThreatSchema
+from metashield.evaluation.robust import detected, robust_evaluate, worst_case
+
+SCHEMA = ThreatSchema(
+    features={
+        "count": FeatureSpec(lower=0, upper=500, integer=True),
+        "bytes": FeatureSpec(lower=0, integer=True),
+        "rate": FeatureSpec(lower=0.0, upper=1.0),
+        "proto": FeatureSpec(mutable=False, why="the transport the attack needs"),
+    }
+)
+
+
+def _data(n: int = 400, seed: int = 0) -> TabularData:
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame(
+        {
+            "count": rng.integers(0, 500, n),
+            "bytes": rng.integers(0, 10**6, n),
+            "rate": rng.random(n),
+            "proto": rng.choice(["tcp", "udp", "icmp"], n),
+            "flag": rng.choice(["SF", "S0", "REJ", "RSTO"], n),
+            "free": rng.normal(size=n),
+        }
+    )
+    return TabularData(
+        frame=frame,
+        family=np.array(["benign"] * n, dtype=object),
+        categorical=["proto", "flag"],
+        log_scaled=["bytes"],
+        name="synthetic",
+        schema=SCHEMA,
+    )
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    data = _data()
+    pipeline = FeaturePipeline(clip=10.0).fit(data)
+    return data, pipeline, compile_constraints(pipeline, SCHEMA)
+
+
+def _raw(pipeline: FeaturePipeline, z: np.ndarray) -> dict[str, np.ndarray]:
+    """Invert the pipeline per output column: raw values of numeric columns, indicators of one-hot ones."""
+    out = {}
+    for j, (column, value, log, mean, std) in enumerate(pipeline.feature_sources()):
+        enc = z[..., j].astype(np.float64) * std + mean
+        out[f"{column}={value}" if value is not None else column] = np.expm1(enc) if log else enc
+    return out
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_projection_gives_valid_raw_rows_for_any_candidate(fitted, norm):
+    data, pipeline, c = fitted
+    x0 = torch.tensor(pipeline.transform(data.frame))
+    gen = torch.Generator().manual_seed(1)
+    eps = 3.0
+    x = c.project(x0 + 4 * torch.randn(x0.shape, generator=gen), x0, eps, norm)
+    assert c.violations(x, x0, eps, norm) == dict.fromkeys(
+        ["ball", "immutable", "bounds", "integer", "one_hot"], 0
+    )
+    raw, raw0 = _raw(pipeline, x.numpy()), _raw(pipeline, x0.numpy())
+    assert np.abs(raw["count"] - np.round(raw["count"])).max() < 1e-3
+    assert raw["count"].min() >= -1e-6 and raw["count"].max() <= 500 + 1e-3
+    assert raw["rate"].min() >= -1e-6 and raw["rate"].max() <= 1 + 1e-6
+    # bytes spans six orders of magnitude: integrality holds to float32's relative precision.
+    assert np.all(np.abs(raw["bytes"] - np.round(raw["bytes"])) <= 1e-3 * np.maximum(raw["bytes"], 1))
+    for value in ("icmp", "tcp", "udp"):
+        np.testing.assert_allclose(raw[f"proto={value}"], raw0[f"proto={value}"], atol=1e-6)
+    flags = np.stack([raw[f"flag={v}"] for v in ("REJ", "RSTO", "S0", "SF")], -1)
+    np.testing.assert_allclose(np.sort(flags, -1), np.tile([0, 0, 0, 1], (len(flags), 1)), atol=1e-5)
+    # The perturbation is not trivial: the attack really moved mutable features.
+    assert (x - x0).abs().amax() > 0.5
+
+
+def test_a_one_hot_switch_happens_only_when_it_fits_the_ball(fitted):
+    data, pipeline, c = fitted
+    x0 = torch.tensor(pipeline.transform(data.frame[:1]))
+    names = list(c.names)
+    sf, s0 = names.index("flag=SF"), names.index("flag=S0")
+    target = s0 if x0[0, sf] > x0[0, s0] else sf
+    push = torch.zeros_like(x0)
+    push[0, target] = 100.0
+    needed = float((c.one_z - c.zero_z).abs().max())
+    kept = c.project(x0 + push, x0, needed / 2, "linf")
+    assert torch.equal(kept[:, c.groups[0]], x0[:, c.groups[0]])
+    moved = c.project(x0 + push, x0, needed * 1.01, "linf")
+    assert moved[0, target] == c.one_z[target]
+
+
+def test_integer_rounds_to_nearest_inside_the_ball_and_towards_the_original_outside():
+    schema = ThreatSchema(features={"n": FeatureSpec(lower=0, integer=True)})
+    frame = pd.DataFrame({"n": np.arange(0, 20)})
+    data = TabularData(frame=frame, family=np.array(["benign"] * 20, dtype=object), schema=schema)
+    pipeline = FeaturePipeline(clip=None).fit(data)
+    c = compile_constraints(pipeline, schema)
+    (_, _, _, mean, std) = pipeline.feature_sources()[0]
+    unit = 1.0 / std  # one raw count in z-units
+    x0 = torch.tensor([[(10 - mean) / std]], dtype=torch.float64)
+    candidate = x0 + 0.7 * unit  # raw 10.7
+    # The ball admits raw 11 (nearest): take it.
+    near = c.to(x0).project(candidate, x0, 1.2 * unit, "linf")
+    assert near.item() == pytest.approx((11 - mean) / std, abs=1e-9)
+    # The ball admits only up to raw 10.9: rounding goes back to the original 10.
+    back = c.to(x0).project(candidate, x0, 0.9 * unit, "linf")
+    assert back.item() == pytest.approx((10 - mean) / std, abs=1e-9)
+
+
+def _linear(w: torch.Tensor, b: float = 0.0) -> nn.Module:
+    """Logits [0, w·x + b]: the detector score is exactly w·x + b."""
+    model = nn.Linear(w.numel(), 2).double()
+    with torch.no_grad():
+        model.weight.copy_(torch.stack([torch.zeros_like(w), w]))
+        model.bias.copy_(torch.tensor([0.0, b]))
+    return model
+
+
+@pytest.mark.parametrize("name", ["fgsm", "pgd", "apgd-ce", "apgd-margin"])
+def test_linf_attacks_reach_the_closed_form_optimum_of_a_linear_detector(name):
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(8, generator=gen, dtype=torch.float64)
+    x0 = torch.randn(3, 5, 8, generator=gen, dtype=torch.float64)
+    model = _linear(w)
+    y = torch.ones(3, 5, dtype=torch.int64)
+    attack = get_attack(name, steps=40) if name != "fgsm" else get_attack(name)
+    _, score = perturb(
+        classifier_objective(model, y, attack.loss),
+        x0,
+        attack=attack,
+        eps=0.3,
+        constraints=box_constraints(8, dtype=torch.float64),
+    )
+    # min over the L∞ ball of w·x is w·x0 - eps·||w||_1.
+    torch.testing.assert_close(score, x0 @ w - 0.3 * w.abs().sum(), atol=1e-9, rtol=0)
+
+
+def test_l2_pgd_reaches_the_closed_form_optimum_of_a_linear_detector():
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(8, generator=gen, dtype=torch.float64)
+    x0 = torch.randn(4, 8, generator=gen, dtype=torch.float64)
+    attack = get_attack("pgd", norm="l2", steps=60, random_start=False)
+    _, score = perturb(
+        classifier_objective(_linear(w), torch.ones(4, dtype=torch.int64), "margin"),
+        x0,
+        attack=attack,
+        eps=0.5,
+        constraints=box_constraints(8, dtype=torch.float64),
+    )
+    torch.testing.assert_close(score, x0 @ w - 0.5 * w.norm(), atol=1e-6, rtol=0)
+
+
+def test_frozen_rows_stay_put_and_attacks_never_help_the_detector():
+    gen = torch.Generator().manual_seed(3)
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 2)).double()
+    x0 = torch.randn(2, 10, 6, generator=gen, dtype=torch.float64)
+    y = torch.ones(2, 10, dtype=torch.int64)
+    free = torch.arange(10).expand(2, 10) % 2 == 0
+    objective = classifier_objective(model, y, "ce")
+    for name in ("pgd", "apgd-ce", "square"):
+        x, score = perturb(
+            objective, x0, attack=get_attack(name), eps=0.4, constraints=box_constraints(6), free=free
+        )
+        assert torch.equal(x[~free], x0[~free])
+        with torch.no_grad():
+            clean = margin(model(x0), y)
+        assert bool((score <= clean + 1e-12).all()), name
+        again, _ = perturb(
+            objective, x0, attack=get_attack(name), eps=0.4, constraints=box_constraints(6), free=free
+        )
+        assert torch.equal(x, again), f"{name} is not reproducible with the same seed"
+
+
+def test_apgd_checkpoints_follow_the_published_schedule():
+    # p0 = 0, p1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06) (Croce & Hein, 2020), 100 iterations.
+    assert _checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
+
+
+def test_worst_case_takes_each_samples_most_successful_attack():
+    clean = torch.tensor([[5.0, 5.0, 5.0, 5.0]])
+    by_a = torch.tensor([[-1.0, 5.0, 4.0, 5.0]])  # evades on sample 0 only
+    by_b = torch.tensor([[5.0, -2.0, 4.5, 5.0]])  # evades on sample 1 only
+    thresholds = torch.tensor([3.0])
+    assert detected(by_a, thresholds).item() == 0.75
+    assert detected(by_b, thresholds).item() == 0.75
+    worst = worst_case([clean, by_a, by_b])
+    assert worst.tolist() == [[-1.0, -2.0, 4.0, 5.0]]
+    assert detected(worst, thresholds).item() == 0.5
+
+
+def test_robust_evaluate_matches_the_per_sample_closed_form_on_a_linear_detector():
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(6, generator=gen, dtype=torch.float64)
+    model = _linear(w)
+    benign = torch.randn(2, 300, 6, generator=gen, dtype=torch.float64) - w
+    attack = torch.randn(2, 50, 6, generator=gen, dtype=torch.float64) + w
+    eps = 0.25
+    out = robust_evaluate(
+        model, benign, attack, constraints=box_constraints(6, dtype=torch.float64), eps=[eps], sanity=False
+    )
+    for t in range(2):
+        tau = torch.sort(benign[t] @ w, descending=True).values[3]  # floor(1% of 300) = 3 above it
+        expected = ((attack[t] @ w - eps * w.abs().sum()) > tau).double().mean().item()
+        assert out["robust"][str(eps)]["tpr"][t] == pytest.approx(expected)
+        assert out["clean"]["tpr"][t] == pytest.approx(((attack[t] @ w) > tau).double().mean().item())
+
+
+class _Staircase(nn.Module):
+    """A detector whose score is piecewise constant: zero gradient everywhere (masked gradients)."""
+
+    def __init__(self, w: torch.Tensor) -> None:
+        super().__init__()
+        self.w = w
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = torch.round(4 * (x @ self.w)) / 4
+        return torch.stack([torch.zeros_like(s), s], -1)
+
+
+def test_sanity_checks_flag_gradient_masking_and_pass_on_an_honest_model():
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(6, generator=gen, dtype=torch.float64)
+    benign = torch.randn(2, 300, 6, generator=gen, dtype=torch.float64) - w
+    attack = torch.randn(2, 60, 6, generator=gen, dtype=torch.float64) + w
+    box = box_constraints(6, dtype=torch.float64)
+    masked = robust_evaluate(_Staircase(w), benign, attack, constraints=box, eps=[2.0], seed=0)
+    assert "gradient_free" in masked["flags"], masked["sanity"]["gradient_free"]
+    honest = robust_evaluate(_linear(w), benign, attack, constraints=box, eps=[2.0], seed=0)
+    assert honest["flags"] == [], honest["sanity"]
+    assert honest["sanity"]["large_eps"]["robust_tpr"] == 0.0
+
+
+def test_bad_attack_parameters_are_clear_errors():
+    with pytest.raises(ValueError, match="loss must be one of"):
+        Attack("x", loss="dlr")
+    with pytest.raises(ValueError, match="norm must be one of"):
+        Attack("x", norm="l1")
+    with pytest.raises(ValueError, match="keep='last' needs restarts=1"):
+        Attack("x", keep="last", restarts=3)
+    with pytest.raises(ValueError, match="unknown attack 'cw'"):
+        get_attack("cw")
+    model = nn.Linear(3, 2)
+    x0 = torch.zeros(1, 3)
+    objective = classifier_objective(model, torch.ones(1, dtype=torch.int64), "ce")
+    for eps in (-0.1, math.nan, math.inf):
+        with pytest.raises(ValueError, match="eps must be a finite number >= 0"):
+            perturb(objective, x0, attack=get_attack("pgd"), eps=eps, constraints=box_constraints(3))
+    with pytest.raises(ValueError, match="constraints cover 4 features, inputs have 3"):
+        perturb(objective, x0, attack=get_attack("pgd"), eps=0.1, constraints=box_constraints(4))
