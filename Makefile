@@ -20,6 +20,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -q -e ".[dev,parquet]"
+	$(BIN)/python -m pip install -q --no-deps "torchattacks==3.5.1"
 	touch $@
 
 demo: install

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
+import torch
 
+from metashield.attacks import compile_constraints
 from metashield.cli import main
 from metashield.config import load_config
-from metashield.workflow import evaluate_run, train_run
+from metashield.workflow import evaluate_run, load_run, train_run
 
 TINY = [
     "train.steps=40",
@@ -65,3 +68,70 @@ def test_cli_evaluate_prints_the_tables_and_writes_metrics(nsl_run, nsl_kdd_mirr
     assert metrics["protocol"]["episodes_per_family"] == 2
     fams = metrics["shots"]["5"]["summary"]["maml"]["per_family"]
     assert set(fams) == set(metrics["protocol"]["test_families"])
+
+
+def test_constrained_attacks_keep_real_nsl_kdd_rows_valid_in_raw_units(nsl_run, nsl_kdd_mirror, monkeypatch):
+    run, _ = nsl_run
+    for key, value in nsl_kdd_mirror.items():
+        monkeypatch.setenv(key, value)
+    _, prep, _ = load_run(run)
+    c = compile_constraints(prep.pipeline, prep.schema)
+    rows = np.random.default_rng(0).choice(len(prep.X), 3000, replace=False)
+    x0 = torch.tensor(prep.X[rows])
+    gen = torch.Generator().manual_seed(0)
+    for norm, eps in [("linf", 0.3), ("linf", 10.0), ("l2", 8.0)]:
+        x = c.project(x0 + 6 * torch.randn(x0.shape, generator=gen), x0, eps, norm)
+        assert c.violations(x, x0, eps, norm) == dict.fromkeys(
+            ["ball", "immutable", "bounds", "integer", "one_hot"], 0
+        )
+        changed = set()
+        for j, (column, value, log, mean, std) in enumerate(prep.pipeline.feature_sources()):
+            enc = x[:, j].double().numpy() * std + mean
+            raw = np.expm1(enc) if log else enc
+            spec = prep.schema.spec(column)
+            if not spec.mutable:
+                np.testing.assert_array_equal(x[:, j], x0[:, j], err_msg=column)
+                continue
+            inside = np.abs(x[:, j].numpy()) < prep.pipeline.clip - 1e-4
+            if value is None and spec.integer:
+                gap = np.abs(raw - np.round(raw))[inside]
+                assert (gap <= 1e-3 * np.maximum(np.abs(raw[inside]), 1)).all(), column
+            if value is None and spec.lower is not None:
+                assert raw.min() >= spec.lower - 1e-3, column
+            if value is None and spec.upper is not None:
+                assert raw[inside].max() <= spec.upper * (1 + 1e-5) + 1e-5, column
+            if (x[:, j] != x0[:, j]).any():
+                changed.add(column)
+        if eps >= 10:
+            # 37 of the 41 columns are free (3 immutable, num_outbound_cmds is constant); a few rare 0/1
+            # flags lie more than 10 z-units from their other value. A schema that froze most columns would
+            # make every robustness number vacuous.
+            assert len(changed) >= 25, sorted(changed)
+
+
+def test_cli_attack_ensemble_and_support_on_nsl_kdd(nsl_run, nsl_kdd_mirror, monkeypatch, capsys):
+    run, _ = nsl_run
+    for key, value in nsl_kdd_mirror.items():
+        monkeypatch.setenv(key, value)
+    args = ["attack", "--run", str(run), "--episodes", "1", "--methods", "maml,finetune"]
+    assert main([*args, "--attack", "ensemble", "--eps", "0.1,1.0"]) == 0
+    out = capsys.readouterr().out
+    assert "robust TPR@1%FPR" in out and "sanity gradient_free" in out
+    report = json.loads((run / "attack.json").read_text())
+    for method, r in report["methods"].items():
+        assert sum(r["violations"].values()) == 0, method
+        clean, weak, strong = (
+            r["clean_tpr@1%fpr"]["mean"],
+            r["robust_tpr@1%fpr"]["0.1"]["mean"],
+            r["robust_tpr@1%fpr"]["1.0"]["mean"],
+        )
+        # The worst case over attacks that start at the input can only lower detection, more with more eps.
+        assert strong <= weak <= clean, (method, clean, weak, strong)
+        assert strong < clean - 0.05, (method, clean, strong)
+        assert r["sanity"]["large_eps"]["robust_tpr"] < r["sanity"]["large_eps"]["clean_tpr"]
+    assert main([*args[:-2], "--methods", "maml", "--attack", "support", "--eps", "1.0"]) == 0
+    support = json.loads((run / "attack.json").read_text())["methods"]["maml"]["1.0"]
+    assert set(support) >= {"clean_tpr@1%fpr", "random_flip_tpr@1%fpr", "attacked_tpr@1%fpr"}
+    assert support["clean_tpr@1%fpr"]["mean"] > 0.2
+    assert main([*args, "--attack", "support", "--fraction", "1.5"]) == 2
+    assert "fraction must be in (0, 1]" in capsys.readouterr().err

@@ -170,3 +170,21 @@ def test_divergence_is_reported_with_the_step_and_what_to_lower(tmp_path, capsys
     assert main(["train", "--out", str(tmp_path / "run"), "-q", *sets]) == 3
     err = capsys.readouterr().err
     assert "reptile: parameters became NaN/inf by step 10" in err and "lower the step sizes" in err
+
+
+def test_cli_attack_lowers_detection_and_names_unattackable_methods(synthetic_run, capsys):
+    run, _ = synthetic_run
+    base = ["attack", "--run", str(run), "--episodes", "2", "--methods", "maml,finetune"]
+    assert main([*base, "--attack", "pgd", "--eps", "0.3,3.0"]) == 0
+    assert "eps in z-units" in capsys.readouterr().out
+    report = json.loads((run / "attack.json").read_text())
+    assert report["eps_units"].startswith("z-units")
+    for method, r in report["methods"].items():
+        assert sum(r["violations"].values()) == 0, method
+        clean = r["clean_tpr@1%fpr"]["mean"]
+        weak, strong = (r["robust_tpr@1%fpr"][e]["mean"] for e in ("0.3", "3.0"))
+        assert strong <= weak <= clean and strong < clean - 0.2, (method, clean, weak, strong)
+    assert main(["attack", "--run", str(run), "--methods", "knn"]) == 2
+    assert "cannot be attacked" in capsys.readouterr().err
+    assert main(["attack", "--run", str(run), "--eps", "-1"]) == 2
+    assert "eps must be a finite number >= 0" in capsys.readouterr().err

@@ -11,7 +11,9 @@ moves a coordinate towards the original sample (or reverts it), so no step undoe
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 
 import numpy as np
 import torch
@@ -104,45 +106,40 @@ class Constraints:
         Integer columns round to the nearest whole raw value when that stays in the L∞ ball, otherwise (and
         always under L2) towards the original value, which never lengthens the perturbation.
         """
+        return self.projector(x0, eps, norm)(x)
+
+    def projector(self, x0: Tensor, eps: float, norm: str = "linf") -> Callable[[Tensor], Tensor]:
+        """``project`` with ``x0`` and ``eps`` fixed: an attack projects every iterate around the same
+        original, so whatever depends only on it (the L∞ box, the integer range, allowed categories) is
+        computed once here rather than at every step."""
+        check_norm(norm)
+        return _LinfProjector(self, x0, eps) if norm == "linf" else partial(self._project_l2, x0=x0, eps=eps)
+
+    def _project_l2(self, x: Tensor, *, x0: Tensor, eps: float) -> Tensor:
         delta = torch.where(self.mutable, x - x0, torch.zeros_like(x))
-        x = torch.maximum(torch.minimum(x0 + ball(delta, eps, norm), self.upper), self.lower)
+        x = torch.maximum(torch.minimum(x0 + ball(delta, eps, "l2"), self.upper), self.lower)
         if self.int_idx.numel():
-            x = self._round(x, x0, eps, norm)
+            xi, x0i = x[..., self.int_idx], x0[..., self.int_idx]
+            raw = self._raw(xi)
+            slack = 1e-6 * raw.abs().clamp_min(1.0)
+            toward = self._z(torch.where(x0i >= xi, torch.ceil(raw - slack), torch.floor(raw + slack)))
+            lower, upper = self.lower[self.int_idx].double(), self.upper[self.int_idx].double()
+            rounded = torch.maximum(torch.minimum(toward, upper), lower).to(x.dtype)
+            # An untouched coordinate keeps its exact original value rather than a float round trip of it.
+            x[..., self.int_idx] = torch.where(xi == x0i, x0i, rounded)
         for group in self.groups:
-            x = self._one_hot(x, x0, group, eps, norm)
+            x = self._one_hot_l2(x, x0, group, eps)
         return x
 
-    def _round(self, x: Tensor, x0: Tensor, eps: float, norm: str) -> Tensor:
-        xi, x0i = x[..., self.int_idx], x0[..., self.int_idx]
-        raw = self._raw(xi)
-        slack = 1e-6 * raw.abs().clamp_min(1.0)
-        down, up = torch.floor(raw + slack), torch.ceil(raw - slack)
-        toward = self._z(torch.where(x0i >= xi, up, down))
-        if norm == "linf":
-            nearest = self._z(torch.round(raw))
-            ok = (nearest - x0i.double()).abs() <= eps
-            toward = torch.where(ok, nearest, toward)
-        lower, upper = self.lower[self.int_idx].double(), self.upper[self.int_idx].double()
-        rounded = torch.maximum(torch.minimum(toward, upper), lower).to(x.dtype)
-        # An untouched coordinate keeps its exact original value rather than a float round trip of it.
-        x = x.clone()
-        x[..., self.int_idx] = torch.where(xi == x0i, x0i, rounded)
-        return x
-
-    def _one_hot(self, x: Tensor, x0: Tensor, group: Tensor, eps: float, norm: str) -> Tensor:
+    def _one_hot_l2(self, x: Tensor, x0: Tensor, group: Tensor, eps: float) -> Tensor:
         one, zero = self.one_z[group], self.zero_z[group]
-        indicator = (x[..., group] - zero) / (one - zero)
         orig = x0[..., group]
-        # The box caps every indicator at 1, so a category pushed all the way up ties with the original
-        # one; the tie goes to the category the attack moved towards.
-        pick = (indicator - 1e-3 * (orig - zero) / (one - zero)).argmax(-1, keepdim=True)
-        chosen = torch.where(torch.zeros_like(indicator, dtype=torch.bool).scatter(-1, pick, True), one, zero)
-        # A sample whose original category was unseen in training (all zeros) may keep that state.
-        none = indicator.amax(-1, keepdim=True) < 0.5
-        chosen = torch.where(none & ((orig - zero).abs().amax(-1, keepdim=True) == 0), orig, chosen)
+        chosen = _pick_category(
+            (x[..., group] - zero) / (one - zero), (orig - zero) / (one - zero), one, zero
+        )
         candidate = x.clone()
         candidate[..., group] = chosen
-        fits = _dist(candidate - x0, norm) <= eps + self.tolerance(x.dtype)
+        fits = _dist(candidate - x0, "l2") <= eps + self.tolerance(x.dtype)
         candidate[..., group] = torch.where(fits.unsqueeze(-1), chosen, orig)
         return candidate
 
@@ -171,6 +168,71 @@ class Constraints:
             bad_group |= ~(valid & ((is_one.sum(-1) == 1) | unchanged))
         counts["one_hot"] = bad_group
         return {name: int(mask.sum()) for name, mask in counts.items()}
+
+
+def _pick_category(indicator: Tensor, original: Tensor, one: Tensor, zero: Tensor, banned=None) -> Tensor:
+    """z-values of the one-hot vector of the category with the largest indicator [..., m].
+
+    The box caps every indicator at 1, so a category pushed all the way up ties with the original one; the
+    tie goes to the category the attack moved towards. A sample whose original category was unseen in
+    training (all zeros) keeps that state unless some indicator passes 1/2. ``banned`` [..., m] rules out
+    categories the budget cannot reach.
+    """
+    preference = indicator - 1e-3 * original
+    if banned is not None:
+        preference = preference.masked_fill(banned, -math.inf)
+    pick = preference.argmax(-1, keepdim=True)
+    chosen = torch.where(torch.zeros_like(indicator, dtype=torch.bool).scatter(-1, pick, True), one, zero)
+    none = (indicator.amax(-1, keepdim=True) < 0.5) & (original.abs().amax(-1, keepdim=True) == 0)
+    return torch.where(none, zero.expand_as(chosen), chosen)
+
+
+class _LinfProjector:
+    """Projection onto the constraints ∩ L∞ ball around a fixed x0.
+
+    Under L∞ the ball, the box and the immutable columns intersect into one per-coordinate interval, so a
+    step is a single clamp; the integer columns take the nearest whole raw value inside that interval (the
+    nearest when it fits, else the one towards the original, which always fits), and a one-hot group may
+    only switch to categories whose indicator change fits the budget.
+    """
+
+    def __init__(self, c: Constraints, x0: Tensor, eps: float) -> None:
+        self.c, self.x0 = c, x0
+        lo = torch.where(c.mutable, torch.maximum(x0 - eps, c.lower), x0)
+        hi = torch.where(c.mutable, torch.minimum(x0 + eps, c.upper), x0)
+        # Keep x0 itself feasible even where float rounding put it an ulp outside the documented box.
+        self.lo, self.hi = torch.minimum(lo, x0), torch.maximum(hi, x0)
+        if c.int_idx.numel():
+            self.x0i = x0[..., c.int_idx]
+            lo_raw, hi_raw = c._raw(self.lo[..., c.int_idx]), c._raw(self.hi[..., c.int_idx])
+            self.k_lo = torch.ceil(lo_raw - 1e-6 * lo_raw.abs().clamp_min(1.0))
+            self.k_hi = torch.floor(hi_raw + 1e-6 * hi_raw.abs().clamp_min(1.0))
+            # A clipped original (raw value beyond the clip) may have no whole value in reach: it stays.
+            self.stuck = self.k_lo > self.k_hi
+        self.groups = []
+        tol = c.tolerance(x0.dtype)
+        for group in c.groups:
+            one, zero = c.one_z[group], c.zero_z[group]
+            original = (x0[..., group] - zero) / (one - zero)
+            gap = (one - zero).abs()
+            # Switching from the original category moves its column and the new one by their gaps.
+            leave = (original * gap).amax(-1, keepdim=True)
+            banned = ((gap > eps + tol) | (leave > eps + tol)) & (original < 0.5)
+            self.groups.append((group, one, zero, original, banned))
+
+    def __call__(self, x: Tensor) -> Tensor:
+        c = self.c
+        x = torch.maximum(torch.minimum(x, self.hi), self.lo)
+        if c.int_idx.numel():
+            xi = x[..., c.int_idx]
+            k = torch.minimum(torch.maximum(torch.round(c._raw(xi)), self.k_lo), self.k_hi)
+            rounded = c._z(k).to(x.dtype)
+            keep = self.stuck | (xi == self.x0i)
+            x[..., c.int_idx] = torch.where(keep, self.x0i, rounded)
+        for group, one, zero, original, banned in self.groups:
+            indicator = (x[..., group] - zero) / (one - zero)
+            x[..., group] = _pick_category(indicator, original, one, zero, banned)
+        return x
 
 
 def compile_constraints(

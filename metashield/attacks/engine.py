@@ -122,18 +122,20 @@ class _Run:
         eps: float,
         attack: Attack,
         constraints: Constraints,
-        free: Tensor,
+        free: Tensor | None,
     ) -> None:
         self.objective, self.x0, self.eps, self.attack = objective, x0, eps, attack
-        self.constraints, self.free = constraints, free.unsqueeze(-1)
+        self.constraints = constraints
+        self.free = None if free is None else free.unsqueeze(-1)
+        self.projector = constraints.projector(x0, eps, attack.norm)
+        self.track = attack.keep == "best"
         with torch.no_grad():
             _, score = objective(x0)
         self.best_x, self.best_score = x0.clone(), score.detach().clone()
 
     def project(self, x: Tensor) -> Tensor:
-        return torch.where(
-            self.free, self.constraints.project(x, self.x0, self.eps, self.attack.norm), self.x0
-        )
+        x = self.projector(x)
+        return x if self.free is None else torch.where(self.free, x, self.x0)
 
     def evaluate(self, x: Tensor, need_grad: bool) -> tuple[Tensor, Tensor, Tensor | None]:
         """(loss, score, gradient of the summed loss w.r.t. x or None), recording the best iterate."""
@@ -147,6 +149,8 @@ class _Run:
                 loss, score = self.objective(x)
             g = None
         loss, score = loss.detach(), score.detach()
+        if not self.track:
+            return loss, score, g
         better = score < self.best_score
         self.best_score = torch.where(better, score, self.best_score)
         self.best_x = torch.where(_rows(better, x), x, self.best_x)
@@ -174,32 +178,28 @@ def perturb(
     constraints = constraints.to(x0)
     if constraints.n_features != x0.shape[-1]:
         raise ValueError(f"constraints cover {constraints.n_features} features, inputs have {x0.shape[-1]}")
-    free = torch.ones(x0.shape[:-1], dtype=torch.bool, device=x0.device) if free is None else free
-    if free.shape != x0.shape[:-1]:
-        raise ValueError(f"free must have the row shape {tuple(x0.shape[:-1])}, got {tuple(free.shape)}")
+    if free is not None:
+        if free.shape != x0.shape[:-1]:
+            raise ValueError(f"free must have the row shape {tuple(x0.shape[:-1])}, got {tuple(free.shape)}")
+        free = free.to(x0.device)
     gen = torch.Generator(device=x0.device).manual_seed(seed)
-    run = _Run(objective, x0, eps, attack, constraints, free.to(x0.device))
-    last = x0
+    run = _Run(objective, x0, eps, attack, constraints, free)
     if eps == 0:
         return run.best_x, run.best_score
+    rule = {"pgd": _pgd, "apgd": _apgd, "square": _square}[attack.rule]
     for _ in range(attack.restarts):
         start = run.project(_random_start(x0, eps, attack.norm, gen)) if attack.random_start else x0
-        rule = {"pgd": _pgd, "apgd": _apgd, "square": _square}[attack.rule]
-        last = rule(run, start, gen)
-    if attack.keep == "last":
-        with torch.no_grad():
-            _, score = objective(last)
-        return last, score.detach()
-    return run.best_x, run.best_score
+        last, last_score = rule(run, start, gen)
+    return (run.best_x, run.best_score) if run.track else (last, last_score)
 
 
-def _pgd(run: _Run, x: Tensor, gen: torch.Generator) -> Tensor:
+def _pgd(run: _Run, x: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
     step = run.attack.step_size * run.eps
     for _ in range(run.attack.steps):
         _, _, g = run.evaluate(x, need_grad=True)
         x = run.project(x + step * _normalise(g, run.attack.norm))
-    run.evaluate(x, need_grad=False)
-    return x
+    _, score, _ = run.evaluate(x, need_grad=False)
+    return x, score
 
 
 def _checkpoints(steps: int) -> list[int]:
@@ -215,7 +215,7 @@ def _checkpoints(steps: int) -> list[int]:
     return sorted(m for m in marks if m < steps)
 
 
-def _apgd(run: _Run, x: Tensor, gen: torch.Generator) -> Tensor:
+def _apgd(run: _Run, x: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
     steps, momentum, rho = run.attack.steps, 0.75, 0.75
     loss, _, g = run.evaluate(x, need_grad=True)
     unit = loss.shape
@@ -249,11 +249,11 @@ def _apgd(run: _Run, x: Tensor, gen: torch.Generator) -> Tensor:
         z = run.project(x + _rows(eta, x) * _normalise(g, run.attack.norm))
         x_next = run.project(x + momentum * (z - x) + (1 - momentum) * (x - x_prev))
         x_prev, x, prev_loss = x, x_next, loss
-    run.evaluate(x, need_grad=False)
-    return x
+    _, score, _ = run.evaluate(x, need_grad=False)
+    return x, score
 
 
-def _square(run: _Run, x: Tensor, gen: torch.Generator) -> Tensor:
+def _square(run: _Run, x: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
     """Random search: flip a shrinking random subset of mutable coordinates to a vertex of the ball and keep
     the candidate wherever it lowers the score. Uses scores only, so gradient masking cannot hide from it."""
     eps, norm = run.eps, run.attack.norm
@@ -286,4 +286,4 @@ def _square(run: _Run, x: Tensor, gen: torch.Generator) -> Tensor:
         better = score < current_score
         current_score = torch.where(better, score, current_score)
         current = torch.where(_rows(better, x), proposal, current)
-    return current
+    return current, current_score
