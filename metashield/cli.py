@@ -145,8 +145,8 @@ def cmd_attack(args: argparse.Namespace) -> int:
 
     report = attack_run(
         args.run,
-        threat="support" if args.attack == "support" else "query",
-        attack=args.optimiser if args.attack == "support" else args.attack,
+        threat=args.attack if args.attack in ("support", "end-to-end") else "query",
+        attack=args.optimiser if args.attack in ("support", "end-to-end") else args.attack,
         eps=args.eps,
         norm=args.norm,
         constraints=args.constraints,
@@ -213,9 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
     at.add_argument(
         "--attack",
         default="pgd",
-        choices=[*PRESETS, "ensemble", "support"],
+        choices=[*PRESETS, "ensemble", "support", "end-to-end"],
         help="an evasion attack on the queries after adaptation, 'ensemble' (worst case per sample of "
-        "pgd, apgd-ce, apgd-margin and square, with sanity checks), or 'support' (poisoned support set)",
+        "pgd, apgd-ce, apgd-margin and square, with sanity checks), 'support' (poisoned support set) or "
+        "'end-to-end' (each query is also a support row; gradients flow through its adaptation)",
     )
     at.add_argument(
         "--eps", type=_csv_floats, default=[0.05, 0.1, 0.2], help="budgets in z-units, e.g. 0.05,0.1"
@@ -227,7 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     at.add_argument("--episodes", type=int, default=10, help="episodes per held-out family")
     at.add_argument("--fraction", type=float, default=0.2, help="support: share of malicious support rows")
     at.add_argument("--mode", choices=MODES, default="flip-optimised", help="support: what the attacker does")
-    at.add_argument("--optimiser", default="pgd", choices=list(PRESETS), help="support: the optimiser")
+    at.add_argument(
+        "--optimiser", default="pgd", choices=list(PRESETS), help="support / end-to-end: the optimiser"
+    )
     at.add_argument("--out-name", default="attack.json", help="file written inside the run directory")
     at.set_defaults(func=cmd_attack)
 

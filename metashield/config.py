@@ -106,6 +106,26 @@ class MetaConfig(_Strict):
         return self.model_copy(update=changes)
 
 
+class PoisonConfig(_Strict):
+    """Training-time poisoning, to measure its effect: ``fraction`` of the meta-training tasks (every attack
+    row of a poisoned task relabelled benign, or also stamped with ``trigger``), and the same fraction of the
+    pretrain baseline's attack rows, so both learn from equally poisoned data."""
+
+    fraction: float = Field(ge=0, le=1)
+    mode: Literal["flip", "backdoor"] = "flip"
+    trigger: dict[str, float] | None = None
+    """Backdoor pattern: model feature name -> RAW value (a count, a byte volume; ``column=value`` = 1 for a
+    category), on mutable features within the dataset's bounds."""
+
+    @model_validator(mode="after")
+    def _check(self) -> PoisonConfig:
+        if self.mode == "backdoor" and not self.trigger:
+            raise ValueError("mode 'backdoor' needs a trigger: {feature: raw value, ...}")
+        if self.mode == "flip" and self.trigger:
+            raise ValueError("a trigger is only used with mode 'backdoor'")
+        return self
+
+
 class TrainConfig(_Strict):
     algorithms: list[Algorithm] = Field(default_factory=lambda: list(ALGORITHMS))
     kind: Literal["detect", "classify"] = "detect"
@@ -121,6 +141,8 @@ class TrainConfig(_Strict):
     """Episodes per meta-val family at each evaluation."""
     pretrain_steps: int = Field(2000, ge=1)
     """Supervised steps of the pretrain + fine-tune baseline."""
+    poison: PoisonConfig | None = None
+    """Poison the training data (attack studies only; null for normal training)."""
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:

@@ -6,6 +6,9 @@ Two threat models on the run's meta-test episodes (the ones ``evaluate`` scores)
   adapted parameters and perturbs the malicious queries (one attack, or the ensemble with its sanity checks).
 - ``support``: the attacker controls a fraction of the malicious support rows (``attacks.support``); its
   own samples are the first attack queries of each episode, and detection is scored on the others only.
+- ``end-to-end``: each attacked query is also a labelled malicious row of its own copy of the support set,
+  so its perturbation changes the adaptation too; it is scored against the 1%-FPR threshold of the very
+  model its adversarial version induced.
 """
 
 from __future__ import annotations
@@ -20,11 +23,17 @@ import torch
 from metashield._atomic import atomic_write_json
 from metashield.attacks.constraints import Constraints, box_constraints, compile_constraints
 from metashield.attacks.presets import DEFAULT_ENSEMBLE, get_attack
-from metashield.attacks.support import MODES, poison_support
+from metashield.attacks.support import MODES, adaptive_query_attack, poison_support
 from metashield.checkpoint import has_checkpoint
 from metashield.device import resolve_device
 from metashield.evaluation.baselines import finetune_learner
-from metashield.evaluation.metrics import bootstrap_ci, family_bootstrap_ci, paired_difference_ci, tpr_at_fpr
+from metashield.evaluation.metrics import (
+    bootstrap_ci,
+    family_bootstrap_ci,
+    paired_difference_ci,
+    threshold_at_fpr,
+    tpr_at_fpr,
+)
 from metashield.evaluation.protocol import build_episode_sets
 from metashield.evaluation.robust import pool_sanity, robust_evaluate
 from metashield.workflow import _load_model, load_run
@@ -32,6 +41,7 @@ from metashield.workflow import _load_model, load_run
 log = logging.getLogger(__name__)
 
 GRADIENT_LEARNERS = ("maml", "fomaml", "metasgd", "anil", "reptile")
+THREATS = ("query", "support", "end-to-end")
 
 
 def _ci(by_family: dict[str, np.ndarray], seed: int) -> dict:
@@ -116,8 +126,8 @@ def attack_run(
     features.
     """
     run_dir = Path(run_dir)
-    if threat not in ("query", "support"):
-        raise ValueError(f"threat must be 'query' or 'support', got {threat!r}")
+    if threat not in THREATS:
+        raise ValueError(f"threat must be one of {THREATS}, got {threat!r}")
     if threat == "support" and mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     config, prep, meta = load_run(run_dir)
@@ -153,6 +163,14 @@ def attack_run(
         report["attacks"] = names
         report["methods"] = {
             m: _query_threat(learner, sets, feasible, names, eps, norm, seed, sanity=attack == "ensemble")
+            for m, learner in learners.items()
+        }
+    elif threat == "end-to-end":
+        report.update(attack=attack, queries_per_episode=own_samples)
+        report["methods"] = {
+            m: _end_to_end_threat(
+                learner, sets, feasible, get_attack(attack, norm=norm), eps, own_samples, seed
+            )
             for m, learner in learners.items()
         }
     else:
@@ -287,6 +305,47 @@ def _support_threat(
     return results
 
 
+def _end_to_end_threat(learner, sets, feasible, attack, eps, n_queries, seed, chunk=5) -> dict:
+    """Per eps: TPR@1%FPR of the first ``n_queries`` attack queries of each episode when each one, clean or
+    adversarial, sits in its own copy of the support set (in place of the last malicious row)."""
+    per: dict[str, dict[str, list]] = {"clean": {}, **{str(e): {} for e in eps}}
+    for fam, es in sets.items():
+        benign = es.query_y[0] == 0
+        cols = np.flatnonzero(~benign)[:n_queries]
+        for key in per:
+            per[key][fam] = []
+        for part in _chunks(es.support_x.shape[0], chunk):
+            sx, sy, qx = es.support_x[part], es.support_y[part], es.query_x[part]
+            queries, benign_x = qx[:, cols], qx[:, benign]
+            t, a = queries.shape[:2]
+            for key, e in [("clean", 0.0), *((str(e), e) for e in eps)]:
+                adv, adapted = adaptive_query_attack(
+                    learner.adapt,
+                    learner.predict,
+                    sx,
+                    sy,
+                    queries,
+                    eps=e,
+                    constraints=feasible,
+                    attack=attack,
+                    seed=seed,
+                )
+                with torch.no_grad():
+                    params = adapted(adv)
+                    own = learner.predict(params, adv.reshape(t * a, 1, -1)).reshape(t, a, -1)
+                    scores = (own[..., 1] - own[..., 0]).double()
+                    # The benign queries of the episode, scored by every unit's model: [T*A, B].
+                    ben = learner.predict(params, benign_x.repeat_interleave(a, dim=0))
+                    ben = (ben[..., 1] - ben[..., 0]).double().reshape(t, a, -1).cpu().numpy()
+                thresholds = np.array([[threshold_at_fpr(b, 0.01) for b in row] for row in ben])
+                per[key][fam] += list((scores.cpu().numpy() > thresholds).mean(-1))
+    arrays = {k: {f: np.array(v) for f, v in d.items()} for k, d in per.items()}
+    return {
+        "clean_tpr@1%fpr": _ci(arrays["clean"], seed),
+        "robust_tpr@1%fpr": {str(e): _ci(arrays[str(e)], seed) for e in eps},
+    }
+
+
 def _paired(a: dict[str, np.ndarray], b: dict[str, np.ndarray], seed: int) -> dict:
     mean, lo, hi = paired_difference_ci(a, b, seed=seed)
     return {"mean": mean, "family_ci": [lo, hi]}
@@ -305,11 +364,12 @@ def format_attack_table(report: dict) -> str:
         f"{len(report['families'])} held-out families"
     ]
     for method, r in report["methods"].items():
-        if report["threat"] == "query":
+        if report["threat"] in ("query", "end-to-end"):
             lines.append(f"{method}: clean TPR@1%FPR {_pct(r['clean_tpr@1%fpr'])}")
             for e, ci in r["robust_tpr@1%fpr"].items():
                 lines.append(f"  eps={e:<6} robust TPR@1%FPR {_pct(ci)}")
-            lines.append(f"  constraint violations: {sum(r['violations'].values())}")
+            if "violations" in r:
+                lines.append(f"  constraint violations: {sum(r['violations'].values())}")
             for name, check in r.get("sanity", {}).items():
                 lines.append(f"  sanity {name}: {'ok' if check['ok'] else 'FLAGGED'} {_check_text(check)}")
         else:

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 
 from metashield._atomic import atomic_write_json
+from metashield.attacks.constraints import compile_constraints
+from metashield.attacks.poisoning import backdoor, flip_labels, make_trigger, poison_batch
 from metashield.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from metashield.config import Config, EvaluateConfig, config_from_dict
 from metashield.data import BENIGN, FeaturePipeline
@@ -68,6 +70,36 @@ def _run_metadata(config: Config, prep: Prepared) -> dict:
     }
 
 
+def _poisoning(config: Config, prep: Prepared):
+    """(batch poisoner for meta-training or None, compiled trigger or None) from ``train.poison``."""
+    spec = config.train.poison
+    if spec is None:
+        return None, None
+    trigger = None
+    if spec.mode == "backdoor":
+        constraints = compile_constraints(prep.pipeline, prep.schema)
+        trigger = make_trigger(spec.trigger, prep.pipeline, constraints)
+    log.warning(
+        "POISONED training (attack study): %.0f%% of meta-training tasks and of the pretrain baseline's "
+        "attack rows, mode %s",
+        100 * spec.fraction,
+        spec.mode,
+    )
+
+    def poison(batch, rng):
+        return poison_batch(batch, spec.fraction, rng, mode=spec.mode, trigger=trigger)[0]
+
+    return poison, trigger
+
+
+def _poison_rows(x: np.ndarray, y: np.ndarray, spec, trigger, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng([seed, 3])
+    if spec.mode == "backdoor":
+        x, y, _ = backdoor(x, y, trigger, spec.fraction, rng)
+        return x, y
+    return x, flip_labels(y, spec.fraction, rng, source=1, target=0)[0]
+
+
 def train_run(config: Config, out_dir: str | Path, *, resume: bool = False, progress: bool = True) -> dict:
     """Meta-train every algorithm in ``config.train.algorithms`` plus the supervised pretrained baseline."""
     out_dir = Path(out_dir)
@@ -122,6 +154,8 @@ def train_run(config: Config, out_dir: str | Path, *, resume: bool = False, prog
     def val_score(learner: torch.nn.Module) -> float:
         return mean_metric(run_protocol({"m": learner_scorer(learner)}, val_sets)["m"])
 
+    poison_batch_fn, trigger = _poisoning(config, prep)
+
     summary = {}
     for i, algo in enumerate(tc.algorithms):
         torch.manual_seed(config.seed * 1000 + i)
@@ -139,6 +173,7 @@ def train_run(config: Config, out_dir: str | Path, *, resume: bool = False, prog
             metadata={"run": "run.json"},
             resume=resume,
             progress=progress,
+            poison=poison_batch_fn,
         )
         summary[algo] = {"best_val_tpr@1%fpr": state.best_score, "steps": state.step}
         log.info("%s: best meta-val TPR@1%%FPR %.3f after %d steps", algo, state.best_score, state.step)
@@ -146,10 +181,13 @@ def train_run(config: Config, out_dir: str | Path, *, resume: bool = False, prog
     if not (resume and has_checkpoint(out_dir, "pretrained")):
         torch.manual_seed(config.seed * 1000 + 999)
         fit = prep.fit_mask()
+        x_fit, y_fit = prep.X[fit], (prep.family[fit] != BENIGN).astype(np.int64)
+        if tc.poison is not None:
+            x_fit, y_fit = _poison_rows(x_fit, y_fit, tc.poison, trigger, config.seed)
         model = pretrain(
             _model(config, prep.X.shape[1]),
-            prep.X[fit],
-            (prep.family[fit] != BENIGN).astype(np.int64),
+            x_fit,
+            y_fit,
             steps=tc.pretrain_steps,
             seed=config.seed,
             device=device,

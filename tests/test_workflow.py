@@ -188,3 +188,58 @@ def test_cli_attack_lowers_detection_and_names_unattackable_methods(synthetic_ru
     assert "cannot be attacked" in capsys.readouterr().err
     assert main(["attack", "--run", str(run), "--eps", "-1"]) == 2
     assert "eps must be a finite number >= 0" in capsys.readouterr().err
+
+
+def test_cli_end_to_end_attack_through_adaptation(synthetic_run, capsys):
+    run, _ = synthetic_run
+    args = ["attack", "--run", str(run), "--episodes", "2", "--methods", "maml", "--attack", "end-to-end"]
+    assert main([*args, "--eps", "0.5,3.0"]) == 0
+    r = json.loads((run / "attack.json").read_text())["methods"]["maml"]
+    clean = r["clean_tpr@1%fpr"]["mean"]
+    weak, strong = (r["robust_tpr@1%fpr"][e]["mean"] for e in ("0.5", "3.0"))
+    # Even though each query also teaches the model its own (perturbed) features as malicious, a large
+    # budget still evades more than a small one.
+    assert strong <= weak + 0.05 and strong < clean, (clean, weak, strong)
+    assert "robust TPR@1%FPR" in capsys.readouterr().out
+
+
+def test_poisoned_training_reaches_the_meta_learner_and_the_pretrain_baseline(tmp_path, caplog, monkeypatch):
+    import numpy as np
+
+    from metashield import workflow
+
+    seen = {}
+    real_pretrain, real_meta_train = workflow.pretrain, workflow.meta_train
+
+    def spy_pretrain(model, x, y, **kw):
+        seen["pretrain_y"] = y
+        return real_pretrain(model, x, y, **kw)
+
+    def spy_meta_train(*args, poison=None, **kw):
+        seen["poison"] = poison
+        return real_meta_train(*args, poison=poison, **kw)
+
+    monkeypatch.setattr(workflow, "pretrain", spy_pretrain)
+    monkeypatch.setattr(workflow, "meta_train", spy_meta_train)
+    csv = write_synthetic_flows(tmp_path / "flows.csv")
+    poisoned = [*tabular_overrides(csv), *TINY, "train.algorithms=[maml]", "train.steps=10"]
+    config = load_config(None, [*poisoned, "train.poison={fraction: 0.5, mode: flip}"])
+    train_run(config, tmp_path / "run", progress=False)
+    assert "POISONED training" in caplog.text
+    _, prep, _ = workflow.load_run(tmp_path / "run")
+    fit = prep.fit_mask()
+    clean_y = (prep.family[fit] != "benign").astype(np.int64)
+    # Half of the pretrain baseline's attack rows were relabelled benign, and nothing else changed.
+    flipped = (clean_y == 1) & (seen["pretrain_y"] == 0)
+    assert flipped.sum() == round(0.5 * clean_y.sum())
+    assert np.array_equal(seen["pretrain_y"][clean_y == 0], clean_y[clean_y == 0])
+    # Meta-training batches went through the poisoner: half the tasks lose every attack label.
+    from metashield.tasks import EpisodeSampler
+
+    sampler = EpisodeSampler(prep.X, prep.family, prep.split.train, prep.benign["train"], shots=5, queries=5)
+    batch = seen["poison"](sampler.sample(8, np.random.default_rng(0)), np.random.default_rng(1))
+    all_benign = (batch.support_y.max(1) == 0) & (batch.query_y.max(1) == 0)
+    assert all_benign.sum() == 4
+    bad = load_config(None, [*poisoned, "train.poison={fraction: 0.5, mode: backdoor, trigger: {nope: 1}}"])
+    with pytest.raises(ValueError, match="nope"):
+        train_run(bad, tmp_path / "bad", progress=False)
