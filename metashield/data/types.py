@@ -24,6 +24,8 @@ class TabularData:
     category: coarse category of each attack family (e.g. NSL-KDD's DoS/Probe/R2L/U2R), may be empty.
     name: where the data came from, for logs and checkpoint metadata.
     schema: what an attacker may change in each raw column (bounds, integers, immutable columns).
+    timestamp: optional float array [n] ordering the rows in time (seconds, or months for YYYYMM dates), for
+    temporal episodes; never a model feature.
     """
 
     frame: pd.DataFrame
@@ -33,6 +35,7 @@ class TabularData:
     category: dict[str, str] = field(default_factory=dict)
     name: str = ""
     schema: ThreatSchema = UNCONSTRAINED
+    timestamp: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if len(self.frame) != len(self.family):
@@ -41,6 +44,8 @@ class TabularData:
         if missing:
             raise ValueError(f"{self.name}: columns {missing} are declared but not in the frame")
         self.schema.check_columns(self.frame.columns, self.name)
+        if self.timestamp is not None and len(self.timestamp) != len(self.frame):
+            raise ValueError(f"{self.name}: {len(self.frame)} rows but {len(self.timestamp)} timestamps")
 
     @property
     def attack_families(self) -> list[str]:
@@ -56,4 +61,5 @@ class TabularData:
             category=dict(self.category),
             name=self.name,
             schema=self.schema,
+            timestamp=None if self.timestamp is None else self.timestamp[mask],
         )
