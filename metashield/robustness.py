@@ -175,12 +175,11 @@ def attack_run(
         }
     else:
         report.update(fraction=fraction, mode=mode, own_samples=own_samples, attack=attack)
-        report["methods"] = {
-            m: _support_threat(
+        report["methods"], report["per_episode"] = {}, {}
+        for m, learner in learners.items():
+            report["methods"][m], report["per_episode"][m] = _support_threat(
                 learner, sets, feasible, get_attack(attack, norm=norm), eps, fraction, mode, own_samples, seed
             )
-            for m, learner in learners.items()
-        }
     atomic_write_json(run_dir / out_name, report)
     report["table"] = format_attack_table(report)
     return report
@@ -238,8 +237,10 @@ def _support_threat(
     learner, sets, feasible, attack, eps, fraction, mode, own_samples, seed, chunk=10
 ) -> dict:
     """Per eps: TPR@1%FPR with a clean support, after a random label flip of the controlled rows, and after
-    the optimised attack (``mode``), on the defender's queries that are not the attacker's own samples."""
-    results: dict[str, dict[str, dict[str, list]]] = {}
+    the optimised attack (``mode``), on the defender's queries that are not the attacker's own samples.
+    Returns (summaries with CIs, per-episode values by eps, variant and family)."""
+    results: dict[str, dict] = {}
+    raw: dict[str, dict[str, dict[str, list]]] = {}
     for e in eps:
         per = {"clean": {}, "random_flip": {}, "attacked": {}}
         for fam, es in sets.items():
@@ -295,6 +296,7 @@ def _support_threat(
                         logits = learner.predict(learner.adapt(px, py), qx)
                     scores = (logits[..., 1] - logits[..., 0]).double().cpu().numpy()
                     per[key][fam] += _episode_tpr(scores, benign, keep)
+        raw[str(e)] = per
         arrays = {k: {f: np.array(v) for f, v in d.items()} for k, d in per.items()}
         results[str(e)] = {
             **{f"{k}_tpr@1%fpr": _ci(v, seed) for k, v in arrays.items()},
@@ -302,7 +304,7 @@ def _support_threat(
             "drop_random_flip": _paired(arrays["clean"], arrays["random_flip"], seed),
             "attacked_minus_random_flip": _paired(arrays["attacked"], arrays["random_flip"], seed),
         }
-    return results
+    return results, raw
 
 
 def _end_to_end_threat(learner, sets, feasible, attack, eps, n_queries, seed, chunk=5) -> dict:

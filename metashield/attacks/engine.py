@@ -197,7 +197,7 @@ def _pgd(run: _Run, x: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
     step = run.attack.step_size * run.eps
     for _ in range(run.attack.steps):
         _, _, g = run.evaluate(x, need_grad=True)
-        x = run.project(x + step * _normalise(g, run.attack.norm))
+        x = run.project(torch.add(x, _normalise(g, run.attack.norm), alpha=step))
     _, score, _ = run.evaluate(x, need_grad=False)
     return x, score
 
