@@ -11,13 +11,16 @@ float32, ``--threads`` intra-op threads. Every method attacks 4,096 samples per 
   batch of 4,096. ART casts to float32 itself. Its ``loss.backward()`` would also compute weight gradients of
   a model that requires them; the model is frozen for every method, so nobody pays for those.
 * ``metashield (box)``: ``perturb`` with the ``pgd`` preset and ``box_constraints(121)``: the ball only, the
-  libraries' feasible set. The preset keeps each sample's best iterate, which costs one forward pass more at
-  the start and one at the end than the libraries' 20.
+  libraries' feasible set, with the objective ``metashield attack`` uses for an MLP (``MLPObjective``: the
+  input gradient in closed form, attacks/fast_mlp.py). The preset keeps each sample's best iterate, which
+  costs one forward pass more at the start and one at the end than the libraries' 20.
 * ``metashield (nsl-kdd)``: the same with ``compile_constraints(pipeline, THREAT_SCHEMA)``: immutable columns,
   bounds, integer grids, one-hot groups.
+* ``metashield autograd (nsl-kdd)``: the same through autograd (``classifier_objective``), the path any
+  other ``nn.Module`` takes.
 * ``tasks batched``: 16 tasks adapted by ``MAML(inner_lr=0.2, inner_steps=5)`` (under ``torch.no_grad()``) on
-  random support sets [16, 10, 121]; x [16, 256, 121] attacked in ONE ``perturb`` call through
-  ``learner.predict(params, x)``, NSL-KDD constraints.
+  random support sets [16, 10, 121]; x [16, 256, 121] attacked in ONE ``perturb`` call with the per-task
+  adapted weights (``MLPObjective`` on ``mlp_layers(model, params)``), NSL-KDD constraints.
 * ``tasks loop``: the same 16 tasks attacked one ``perturb`` call each, with that task's parameters.
 
 Rounds are interleaved (every round runs every method once, in alternating order, to cancel drift) after one
@@ -56,6 +59,7 @@ if str(ROOT) not in sys.path:
 
 from metashield.attacks.constraints import Constraints, box_constraints, compile_constraints  # noqa: E402
 from metashield.attacks.engine import Attack, classifier_objective, perturb  # noqa: E402
+from metashield.attacks.fast_mlp import MLPObjective, mlp_layers  # noqa: E402
 from metashield.attacks.presets import get_attack  # noqa: E402
 from metashield.data import BENIGN, DownloadError, FeaturePipeline, load_dataset  # noqa: E402
 from metashield.data.nsl_kdd import THREAT_SCHEMA  # noqa: E402
@@ -68,6 +72,7 @@ METHODS = (
     "art",
     "metashield (box)",
     "metashield (nsl-kdd)",
+    "metashield autograd (nsl-kdd)",
     "tasks batched",
     "tasks loop",
 )
@@ -139,9 +144,14 @@ def build(method: str, work: dict, cfg: argparse.Namespace) -> Run:
         )
         x_np, y_np = x.numpy(), y.numpy()
         return lambda: torch.from_numpy(art_pgd.generate(x_np, y_np))
-    if method in ("metashield (box)", "metashield (nsl-kdd)"):
+    if method in ("metashield (box)", "metashield (nsl-kdd)", "metashield autograd (nsl-kdd)"):
         constraints = box_constraints(121) if method == "metashield (box)" else work["nsl"]
-        objective = classifier_objective(model, y, "ce")
+        # What `metashield attack` runs for an MLP: the input gradient in closed form (attacks/fast_mlp.py);
+        # the autograd row is the generic path any nn.Module takes.
+        if "autograd" in method:
+            objective = classifier_objective(model, y, "ce")
+        else:
+            objective = MLPObjective(mlp_layers(model), y, "ce")
         return lambda: perturb(objective, x, attack=attack, eps=eps, constraints=constraints)[0]
     return _build_tasks(method == "tasks batched", model, work, attack, eps)
 
@@ -156,7 +166,7 @@ def _build_tasks(batched: bool, model: nn.Module, work: dict, attack: Attack, ep
     constraints: Constraints = work["nsl"]
 
     def attack_tasks(p: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
-        objective = classifier_objective(lambda z: learner.predict(p, z), y, "ce")
+        objective = MLPObjective(mlp_layers(model, p), y, "ce")
         return perturb(objective, x, attack=attack, eps=eps, constraints=constraints)[0]
 
     if batched:

@@ -22,6 +22,7 @@ import torch
 
 from metashield._atomic import atomic_write_json
 from metashield.attacks.constraints import Constraints, box_constraints, compile_constraints
+from metashield.attacks.fast_mlp import mlp_layers
 from metashield.attacks.presets import DEFAULT_ENSEMBLE, get_attack
 from metashield.attacks.support import MODES, adaptive_query_attack, poison_support
 from metashield.checkpoint import has_checkpoint
@@ -203,6 +204,7 @@ def _query_threat(learner, sets, feasible, names, eps, norm, seed, *, sanity: bo
                 lambda x, params=params: learner.predict(params, x),
                 qx[:, benign],
                 qx[:, ~benign],
+                layers=mlp_layers(learner.model, params),
                 constraints=feasible,
                 eps=eps,
                 attacks=names,

@@ -262,3 +262,42 @@ def test_bad_attack_parameters_are_clear_errors():
             perturb(objective, x0, attack=get_attack("pgd"), eps=eps, constraints=box_constraints(3))
     with pytest.raises(ValueError, match="constraints cover 4 features, inputs have 3"):
         perturb(objective, x0, attack=get_attack("pgd"), eps=0.1, constraints=box_constraints(4))
+
+
+@pytest.mark.parametrize("loss", ["ce", "margin"])
+def test_closed_form_mlp_gradient_equals_autograd_shared_and_per_task(loss):
+    from metashield.attacks.fast_mlp import MLPObjective, mlp_layers
+    from metashield.meta import MAML
+    from metashield.models import MLP
+
+    torch.manual_seed(0)
+    model = MLP(7, (16, 12), 2).double()
+    x = torch.randn(3, 9, 7, dtype=torch.float64)
+    y = torch.randint(0, 2, (3, 9))
+    # Shared weights: the model itself.
+    fast = MLPObjective(mlp_layers(model), y, loss)
+    ref = classifier_objective(model, y, loss)
+    xg = x.clone().requires_grad_(True)
+    ref_loss, ref_score = ref(xg)
+    (ref_grad,) = torch.autograd.grad(ref_loss.sum(), xg)
+    got_loss, got_score, got_grad = fast.value_and_grad(x)
+    torch.testing.assert_close(got_loss, ref_loss.detach(), rtol=0, atol=1e-12)
+    torch.testing.assert_close(got_score, ref_score.detach(), rtol=0, atol=1e-12)
+    torch.testing.assert_close(got_grad, ref_grad, rtol=0, atol=1e-12)
+    # Per-task weights: a learner's adapted parameters.
+    learner = MAML(model, inner_lr=0.3, inner_steps=2)
+    support = torch.randn(3, 6, 7, dtype=torch.float64)
+    with torch.no_grad():
+        params = learner.adapt(support, torch.tensor([[0, 0, 0, 1, 1, 1]] * 3))
+    fast = MLPObjective(mlp_layers(model, params), y, loss)
+    ref = classifier_objective(lambda z: learner.predict(params, z), y, loss)
+    xg = x.clone().requires_grad_(True)
+    ref_loss, _ = ref(xg)
+    (ref_grad,) = torch.autograd.grad(ref_loss.sum(), xg)
+    _, _, got_grad = fast.value_and_grad(x)
+    torch.testing.assert_close(got_grad, ref_grad, rtol=0, atol=1e-12)
+    # The engine takes the closed form and lands on the same adversarial examples.
+    box = box_constraints(7, dtype=torch.float64)
+    a, _ = perturb(fast, x, attack=get_attack("apgd-ce", loss=loss), eps=0.3, constraints=box)
+    b, _ = perturb(ref, x, attack=get_attack("apgd-ce", loss=loss), eps=0.3, constraints=box)
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-12)

@@ -26,7 +26,9 @@ from torch import Tensor
 from metashield.attacks.constraints import Constraints, check_eps, check_norm
 
 Objective = Callable[[Tensor], tuple[Tensor, Tensor]]
-"""x [..., D] -> (loss to ascend, score the attacker wants low), both of the unit shape."""
+"""x [..., D] -> (loss to ascend, score the attacker wants low), both of the unit shape. An objective may
+also offer ``value_and_grad(x) -> (loss, score, d sum(loss)/dx)``, used instead of autograd
+(``attacks.fast_mlp``)."""
 
 LOSSES = ("ce", "margin")
 RULES = ("pgd", "apgd", "square")
@@ -139,7 +141,10 @@ class _Run:
 
     def evaluate(self, x: Tensor, need_grad: bool) -> tuple[Tensor, Tensor, Tensor | None]:
         """(loss, score, gradient of the summed loss w.r.t. x or None), recording the best iterate."""
-        if need_grad:
+        fused = getattr(self.objective, "value_and_grad", None) if need_grad else None
+        if fused is not None:
+            loss, score, g = fused(x)
+        elif need_grad:
             with torch.enable_grad():
                 xg = x.detach().requires_grad_(True)
                 loss, score = self.objective(xg)

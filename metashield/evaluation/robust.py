@@ -18,6 +18,7 @@ from torch import Tensor
 
 from metashield.attacks.constraints import Constraints
 from metashield.attacks.engine import Attack, classifier_objective, perturb
+from metashield.attacks.fast_mlp import Layers, MLPObjective
 from metashield.attacks.presets import DEFAULT_ENSEMBLE, get_attack
 from metashield.evaluation.metrics import roc_auc, threshold_at_fpr
 
@@ -51,11 +52,21 @@ def attack_scores(
     eps: float,
     constraints: Constraints,
     seed: int,
+    layers: Layers | None = None,
 ) -> tuple[Tensor, dict[str, int]]:
-    """Adversarial scores [T, A] of the malicious queries and the constraint violations of the result."""
+    """Adversarial scores [T, A] of the malicious queries and the constraint violations of the result.
+
+    layers: the (weight, bias) stack of ``forward`` when it is a Linear/ReLU MLP (``fast_mlp.mlp_layers``):
+    the same attack with the input gradient in closed form instead of autograd.
+    """
     y = torch.ones(attack_x.shape[:-1], dtype=torch.int64, device=attack_x.device)
+    objective = (
+        MLPObjective(layers, y, attack.loss)
+        if layers is not None
+        else classifier_objective(forward, y, attack.loss)
+    )
     x_adv, _ = perturb(
-        classifier_objective(forward, y, attack.loss),
+        objective,
         attack_x,
         attack=attack,
         eps=eps,
@@ -77,8 +88,11 @@ def robust_evaluate(
     fpr: float = 0.01,
     seed: int = 0,
     sanity: bool = True,
+    layers: Layers | None = None,
 ) -> dict:
     """Clean and robust detection of T tasks; benign_x [T, B, D] (clean only), attack_x [T, A, D].
+
+    layers: ``forward``'s weights when it is a Linear/ReLU MLP, for the closed-form input gradient.
 
     Returns per-task lists (one value per task, for CIs over episodes): ``clean`` {tpr, auc}, and per eps
     ``robust`` {tpr (worst case over the ensemble), per_attack tpr, violations}. With ``sanity``, a
@@ -107,7 +121,7 @@ def robust_evaluate(
     for e in eps:
         per_attack, violations = {}, {}
         for i, attack in enumerate(ensemble):
-            scores, bad = attack_scores(forward, attack_x, attack, e, constraints, seed + i)
+            scores, bad = attack_scores(forward, attack_x, attack, e, constraints, seed + i, layers)
             per_attack[attack.name] = scores
             violations = {k: violations.get(k, 0) + v for k, v in bad.items()}
         per_eps[e] = per_attack
@@ -117,7 +131,9 @@ def robust_evaluate(
             "violations": violations,
         }
     if sanity:
-        out["sanity"] = _sanity(forward, attack_x, thresholds, clean, ensemble, per_eps, constraints, seed)
+        out["sanity"] = _sanity(
+            forward, attack_x, thresholds, clean, ensemble, per_eps, constraints, seed, layers
+        )
         out["flags"] = [name for name, check in out["sanity"].items() if not check["ok"]]
     return out
 
@@ -136,6 +152,7 @@ def _sanity(
     per_eps: dict[float, dict[str, Tensor]],
     constraints: Constraints,
     seed: int,
+    layers: Layers | None,
 ) -> dict:
     """The three checks at the largest eps: more steps, a huge eps, and gradient-free vs white-box."""
     n = attack_x.shape[0] * attack_x.shape[1]
@@ -152,7 +169,7 @@ def _sanity(
     if gradient:
         first = gradient[0]
         longer = replace(first, name=f"{first.name}-x5", steps=5 * first.steps)
-        extra, _ = attack_scores(forward, attack_x, longer, eps, constraints, seed + 101)
+        extra, _ = attack_scores(forward, attack_x, longer, eps, constraints, seed + 101, layers)
         extended = rate(*scores_at.values(), extra)
         checks["more_steps"] = {
             "eps": eps,
@@ -166,7 +183,7 @@ def _sanity(
         # Cross-entropy saturates to an exactly zero gradient far from the boundary, which a huge ball reaches
         # from a random start; the margin loss does not.
         widest = next((a for a in gradient if a.loss == "margin"), replace(first, loss="margin"))
-        huge, _ = attack_scores(forward, attack_x, widest, LARGE_EPS, constraints, seed + 202)
+        huge, _ = attack_scores(forward, attack_x, widest, LARGE_EPS, constraints, seed + 202, layers)
         clean_tpr, large = rate(), rate(huge)
         checks["large_eps"] = {
             "eps": LARGE_EPS,

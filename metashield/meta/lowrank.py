@@ -26,38 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metashield.models.mlp import MLP
+from metashield.models.mlp import linear_stack
 
 _DENSE_MAX_OUT = 16
 """Layers with at most this many outputs keep dense per-task weights (the head: out·in is tiny)."""
-
-
-def linear_stack(model: nn.Module) -> list[nn.Linear] | None:
-    """The Linear layers of a model whose forward is exactly Linear → ReLU → … → Linear, else None.
-
-    Only metashield's ``MLP`` (forward not overridden) and a plain ``nn.Sequential`` of Linear/ReLU qualify:
-    for any other module the order of calls in ``forward`` cannot be known from its submodules.
-    """
-    if type(model) is MLP:
-        mods = [*model.body, model.head]
-    elif type(model) is nn.Sequential:
-        mods = list(model)
-    else:
-        return None
-    if not mods or type(mods[-1]) is not nn.Linear:
-        return None
-    linears: list[nn.Linear] = []
-    for i, m in enumerate(mods):
-        if type(m) is nn.Linear:
-            if m.bias is None or (i > 0 and type(mods[i - 1]) is nn.Linear):
-                return None
-            linears.append(m)
-        elif type(m) is nn.ReLU:
-            if i == 0 or type(mods[i - 1]) is not nn.Linear:
-                return None
-        else:
-            return None
-    return linears
 
 
 def supported(model: nn.Module, loss_fn, *targets: Tensor) -> bool:

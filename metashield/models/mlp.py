@@ -27,3 +27,31 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x))
+
+
+def linear_stack(model: nn.Module) -> list[nn.Linear] | None:
+    """The Linear layers of a model whose forward is exactly Linear → ReLU → … → Linear, else None.
+
+    Only metashield's ``MLP`` (forward not overridden) and a plain ``nn.Sequential`` of Linear/ReLU qualify:
+    for any other module the order of calls in ``forward`` cannot be known from its submodules.
+    """
+    if type(model) is MLP:
+        mods = [*model.body, model.head]
+    elif type(model) is nn.Sequential:
+        mods = list(model)
+    else:
+        return None
+    if not mods or type(mods[-1]) is not nn.Linear:
+        return None
+    linears: list[nn.Linear] = []
+    for i, m in enumerate(mods):
+        if type(m) is nn.Linear:
+            if m.bias is None or (i > 0 and type(mods[i - 1]) is nn.Linear):
+                return None
+            linears.append(m)
+        elif type(m) is nn.ReLU:
+            if i == 0 or type(mods[i - 1]) is not nn.Linear:
+                return None
+        else:
+            return None
+    return linears
