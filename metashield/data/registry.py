@@ -17,6 +17,7 @@ from metashield.data.drebin import DREBIN_COUNT, DREBIN_INPUT, load_drebin_famil
 from metashield.data.kdd99 import KDD99_GZ, load_kdd99
 from metashield.data.nsl_kdd import NSL_KDD_ZIP, load_nsl_kdd
 from metashield.data.phishing import PHISHING_GZ, load_phishing
+from metashield.data.sms_spam import SMS_SPAM_FILE, load_sms_spam
 from metashield.data.spambase import SPAMBASE_DATA, load_spambase
 from metashield.data.tuandromd import TUANDROMD_CSV, load_tuandromd
 from metashield.data.types import TabularData
@@ -149,6 +150,29 @@ REGISTRY: dict[str, DatasetSpec] = {
             "features; 1,813 spam, 2,788 not spam."
         ),
         loader=load_spambase,
+    ),
+    "sms-spam": DatasetSpec(
+        name="sms-spam",
+        folder="sms-spam-collection",
+        files=(
+            RemoteFile(
+                name=SMS_SPAM_FILE,
+                sha256="7d039a24a6083ed9ef0f806ebad56bbb976e3aeb8de05669173bfdc4996c239d",
+                size=477_907,
+            ),
+        ),
+        urls={
+            # UCI serves a zip; this public copy is the bare file, of the size river 0.26.1 expects for it.
+            SMS_SPAM_FILE: (
+                "https://raw.githubusercontent.com/PARKER-X/SpamClassifier/"
+                "5fa41eaf3ec0d21d3ffced673800d25b6b8ffc20/smsspamcollection/SMSSpamCollection",
+            ),
+        },
+        description=(
+            "SMS Spam Collection v.1 (Almeida et al., DocEng 2011; UCI): 5,574 English SMS, 4,827 ham and "
+            "747 spam, as 2,048 hashed word and character n-gram counts; 5,171 without exact duplicates."
+        ),
+        loader=load_sms_spam,
     ),
     "phishing": DatasetSpec(
         name="phishing",
