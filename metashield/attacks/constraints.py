@@ -202,13 +202,26 @@ class _LinfProjector:
         hi = torch.where(c.mutable, torch.minimum(x0 + eps, c.upper), x0)
         # Keep x0 itself feasible even where float rounding put it an ulp outside the documented box.
         self.lo, self.hi = torch.minimum(lo, x0), torch.maximum(hi, x0)
-        if c.int_idx.numel():
-            self.x0i = x0[..., c.int_idx]
-            lo_raw, hi_raw = c._raw(self.lo[..., c.int_idx]), c._raw(self.hi[..., c.int_idx])
-            self.k_lo = torch.ceil(lo_raw - 1e-6 * lo_raw.abs().clamp_min(1.0))
-            self.k_hi = torch.floor(hi_raw + 1e-6 * hi_raw.abs().clamp_min(1.0))
+        # Integer columns in two index sets, linear and log1p-scaled, so no step evaluates both maps.
+        self.ints = []
+        for log in (False, True):
+            idx = c.int_idx[c.int_log == log]
+            if not idx.numel():
+                continue
+            mean, std = c.int_mean[c.int_log == log], c.int_std[c.int_log == log]
+
+            def raw(z: Tensor, log: bool = log, mean: Tensor = mean, std: Tensor = std) -> Tensor:
+                enc = z.double() * std + mean
+                return torch.expm1(enc) if log else enc
+
+            lo_raw, hi_raw = raw(self.lo.index_select(-1, idx)), raw(self.hi.index_select(-1, idx))
+            k_lo = torch.ceil(lo_raw - 1e-6 * lo_raw.abs().clamp_min(1.0))
+            k_hi = torch.floor(hi_raw + 1e-6 * hi_raw.abs().clamp_min(1.0))
             # A clipped original (raw value beyond the clip) may have no whole value in reach: it stays.
-            self.stuck = self.k_lo > self.k_hi
+            stuck = k_lo > k_hi
+            self.ints.append(
+                (idx, log, mean, std, x0.index_select(-1, idx), k_lo, torch.maximum(k_lo, k_hi), stuck)
+            )
         self.groups = []
         tol = c.tolerance(x0.dtype)
         for group in c.groups:
@@ -221,17 +234,16 @@ class _LinfProjector:
             self.groups.append((group, one, zero, original, banned))
 
     def __call__(self, x: Tensor) -> Tensor:
-        c = self.c
-        x = torch.maximum(torch.minimum(x, self.hi), self.lo)
-        if c.int_idx.numel():
-            xi = x[..., c.int_idx]
-            k = torch.minimum(torch.maximum(torch.round(c._raw(xi)), self.k_lo), self.k_hi)
-            rounded = c._z(k).to(x.dtype)
-            keep = self.stuck | (xi == self.x0i)
-            x[..., c.int_idx] = torch.where(keep, self.x0i, rounded)
+        x = torch.clamp(x, self.lo, self.hi)
+        for idx, log, mean, std, x0i, k_lo, k_hi, stuck in self.ints:
+            xi = x.index_select(-1, idx)
+            enc = xi.double() * std + mean
+            k = torch.clamp(torch.round(torch.expm1(enc) if log else enc), k_lo, k_hi)
+            rounded = (((torch.log1p(k) if log else k) - mean) / std).to(x.dtype)
+            x.index_copy_(-1, idx, torch.where(stuck | (xi == x0i), x0i, rounded))
         for group, one, zero, original, banned in self.groups:
-            indicator = (x[..., group] - zero) / (one - zero)
-            x[..., group] = _pick_category(indicator, original, one, zero, banned)
+            indicator = (x.index_select(-1, group) - zero) / (one - zero)
+            x.index_copy_(-1, group, _pick_category(indicator, original, one, zero, banned))
         return x
 
 
