@@ -3,10 +3,10 @@
 An attack needs, at every step, the loss, the score and d loss / d x — never gradients of the weights. For a
 Linear → ReLU → … → Linear stack that is one forward pass that keeps each ReLU's mask and one backward pass
 of matmuls by the weights, masked: dx = (((dz W_L) ⊙ m_{L-1}) W_{L-1} ⊙ …) W_1, with dz = softmax(z) − e_y
-for cross-entropy or −(e_y − e_j*) for the margin z_y − z_j*. Written out, it skips autograd's graph, the
-saved activations and the weight-gradient bookkeeping, and runs the ReLUs in place; ``value_and_grad`` is
-what the engine calls instead of autograd when an objective offers it. Weights may be shared ([out, in]) or
-per task ([T, out, in], as adapted learners return them; then inputs are [T, M, in]).
+for cross-entropy or −(e_y − e_j*) for the margin z_y − z_j*. Written out, it skips autograd's graph and the
+weight-gradient bookkeeping, and runs the ReLUs in place; ``value_and_grad`` is what the engine calls
+instead of autograd when an objective offers it. Weights may be shared ([out, in]) or per task
+([T, out, in], as adapted learners return them; then inputs are [T, M, in]).
 """
 
 from __future__ import annotations
