@@ -14,6 +14,23 @@ ALGORITHMS: tuple[str, ...] = ("maml", "fomaml", "metasgd", "reptile", "anil", "
 BASELINES: tuple[str, ...] = ("finetune", "scratch", "knn", "logreg")
 
 
+_CAMPAIGNS = ["data.families={kind: campaigns}", "split.n_val=2", "split.n_test=3", "split.min_rows=11"]
+
+DATASET_DEFAULTS: dict[str, list[str]] = {
+    "nsl-kdd": [],
+    "kdd99": ["split.n_val=3", "split.n_test=5"],
+    "spambase": _CAMPAIGNS,
+    "sms-spam": _CAMPAIGNS,
+    "phishing": _CAMPAIGNS,
+    "clamp": _CAMPAIGNS,
+    "tuandromd": _CAMPAIGNS,
+    "creditcard": ["data.families={kind: windows, windows: 8}", "split.n_val=1", "split.n_test=2"],
+}
+"""Overrides that make a default run sensible for a registered dataset (``metashield demo --dataset``):
+how its attack families are formed and how many are held out. Binary datasets get k-means campaigns, the
+credit-card frauds time windows; configs/<dataset>.yaml spell out the same settings (docs/domains.md)."""
+
+
 class ConfigError(ValueError):
     """A configuration file or override is invalid; the message names the key."""
 
@@ -34,6 +51,27 @@ class TabularSource(_Strict):
     on_bad_rows: Literal["error", "drop"] = "error"
 
 
+class FamiliesConfig(_Strict):
+    """Where attack families come from (docs/domains.md).
+
+    labels: the dataset's own family labels. campaigns: k-means clusters of the malicious rows, k chosen
+    among ``k_candidates`` (all >= 8) by silhouette. windows: ``windows`` equal-count time windows of the
+    malicious rows (needs timestamps); the latest ``split.n_test`` windows are the test families and the
+    ``split.n_val`` before them the val families, and benign rows are sliced in time order too.
+    """
+
+    kind: Literal["labels", "campaigns", "windows"] = "labels"
+    k_candidates: list[int] = Field(default_factory=lambda: [8, 10, 12, 16])
+    windows: int = Field(8, ge=6)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> FamiliesConfig:
+        if min(self.k_candidates, default=0) < 8:
+            raise ValueError(f"k_candidates must be >= 8, got {self.k_candidates}")
+        return self
+
+
 class DataConfig(_Strict):
     dataset: str = "nsl-kdd"
     """A registry name (``metashield data list``) or ``tabular`` for ``tabular.path``."""
@@ -42,6 +80,8 @@ class DataConfig(_Strict):
     """Benign rows split into meta-train / meta-val / meta-test slices."""
     clip_z: float | None = Field(10.0, gt=0)
     """Standardised features are clipped to +-clip_z (null: no clipping)."""
+    families: FamiliesConfig = Field(default_factory=FamiliesConfig)
+    """Attack families: the dataset's labels, k-means campaigns, or time windows."""
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:

@@ -6,14 +6,15 @@ This is the one place where data/ and tasks/ meet; the preprocessing is fitted o
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from metashield.config import Config
+from metashield.config import Config, FamiliesConfig
 from metashield.data import BENIGN, FeaturePipeline, TabularData, load_dataset, load_tabular
 from metashield.data.schema import UNCONSTRAINED, ThreatSchema
 from metashield.tasks import FamilySplit, drop_conflicting_rows, split_benign, split_families
+from metashield.tasks.families import campaign_families, time_ordered_benign, window_families, window_split
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,36 @@ def load_raw(config: Config) -> TabularData:
     return load_dataset(config.data.dataset)
 
 
+def _pseudo_families(data: TabularData, fc: FamiliesConfig) -> TabularData:
+    """``data`` with every malicious row's family replaced by its campaign or time window."""
+    malicious = data.family != BENIGN
+    if not malicious.any():
+        raise ValueError(f"{data.name}: no malicious rows to group into families")
+    family = data.family.copy()
+    if fc.kind == "windows":
+        if data.timestamp is None:
+            raise ValueError(
+                f"{data.name}: data.families.kind=windows needs per-row timestamps, and this dataset has none"
+            )
+        family[malicious] = window_families(data.timestamp[malicious], fc.windows)
+        log.info("%s: %d malicious rows in %d time windows", data.name, int(malicious.sum()), fc.windows)
+    else:
+        rows = data.subset(malicious)
+        # The clustering's own encoding (one-hot, log1p), fitted on the malicious rows it clusters: the
+        # campaigns are defined by all of them; the model's pipeline is fitted later on meta-train rows only.
+        encoded = FeaturePipeline(clip=None).fit_transform(rows)
+        names, k, scores = campaign_families(encoded, k_candidates=fc.k_candidates, seed=fc.seed)
+        family[malicious] = names
+        log.info(
+            "%s: %d malicious rows in %d k-means campaigns (silhouette by k: %s)",
+            data.name,
+            int(malicious.sum()),
+            k,
+            ", ".join(f"{c}: {v:.3f}" for c, v in scores.items()),
+        )
+    return replace(data, family=family, category={})
+
+
 def prepare(
     config: Config,
     *,
@@ -72,6 +103,11 @@ def prepare(
     data = load_raw(config) if data is None else data
     keep, _ = drop_conflicting_rows(data.frame, data.family)
     data = data.subset(keep)
+    families = config.data.families
+    if families.kind != "labels":
+        data = _pseudo_families(data, families)
+    if split is None and families.kind == "windows":
+        split = window_split(data.attack_families, config.split.n_val, config.split.n_test)
     if split is None:
         names, counts = np.unique(data.family, return_counts=True)
         split = split_families(
@@ -86,9 +122,14 @@ def prepare(
     benign_rows = np.flatnonzero(data.family == BENIGN)
     if len(benign_rows) == 0:
         raise ValueError(f"{data.name}: no benign rows, cannot build detection episodes")
-    train_b, val_b, test_b = split_benign(
-        benign_rows, fractions=config.data.benign_fractions, seed=config.split.seed
-    )
+    if families.kind == "windows":
+        train_b, val_b, test_b = time_ordered_benign(
+            benign_rows, data.timestamp, config.data.benign_fractions
+        )
+    else:
+        train_b, val_b, test_b = split_benign(
+            benign_rows, fractions=config.data.benign_fractions, seed=config.split.seed
+        )
     prepared = Prepared(
         X=np.empty((0, 0), np.float32),
         family=data.family,
