@@ -165,6 +165,47 @@ def cmd_attack(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_adapt(args: argparse.Namespace) -> int:
+    from metashield.analyst import adapt_run
+
+    record = adapt_run(
+        args.run,
+        args.support,
+        args.out,
+        algorithm=args.algorithm,
+        label_column=args.label_column,
+        benign_label=args.benign_label,
+    )
+    s, t = record["support"], record["threshold"]
+    print(
+        f"{record['algorithm']} ({record['algorithm_choice']}) adapted on {s['new_family_rows']} new-family "
+        f"and {s['benign_rows']} benign rows"
+    )
+    print(
+        f"threshold {t['value']:.6g} for {100 * t['target_fpr']:g}% FPR on {t['benign_val_rows']} benign "
+        f"validation rows (FPR resolution {100 * t['fpr_resolution']:.3g}%)"
+    )
+    print(f"adapted run written to {args.out}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from metashield.analyst import predict_file
+
+    summary = predict_file(
+        args.run, args.input, args.out, label_column=args.label_column, benign_label=args.benign_label
+    )
+    print(
+        f"{summary['flagged']} of {summary['rows']} rows flagged (score > {summary['threshold']:.6g}); "
+        f"scores written to {args.out}"
+    )
+    for name, rate in (("new_family", "TPR"), ("benign", "FPR")):
+        part = summary.get(name)
+        if part and part["rows"]:
+            print(f"{rate} {part['flagged']}/{part['rows']} = {100 * part['flagged'] / part['rows']:.1f}%")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="metashield", description=__doc__)
     parser.add_argument("--version", action="version", version=f"metashield {__version__}")
@@ -233,6 +274,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     at.add_argument("--out-name", default="attack.json", help="file written inside the run directory")
     at.set_defaults(func=cmd_attack)
+
+    ad = sub.add_parser(
+        "adapt",
+        help="adapt a run's meta-learner to a new family from a few labelled rows in raw units",
+        description="The support CSV holds the run's raw feature columns and a label column: rows labelled "
+        "--benign-label are benign, every other label is the new family (at least 1 row of each). The "
+        "operating threshold is set for 1% FPR on the run's benign validation rows.",
+    )
+    ad.add_argument("--run", type=Path, required=True, help="a run directory written by `metashield train`")
+    ad.add_argument("--support", type=Path, required=True, help="labelled CSV in raw units")
+    ad.add_argument("--out", type=Path, required=True, help="new adapted-run directory (must not exist)")
+    ad.add_argument(
+        "--algorithm", help="meta-learner to adapt (default: the best on meta-val in metrics.json)"
+    )
+    ad.add_argument("--label-column", default="label")
+    ad.add_argument("--benign-label", default="benign")
+    ad.set_defaults(func=cmd_adapt)
+
+    pr = sub.add_parser("predict", help="score a CSV in raw units with an adapted run")
+    pr.add_argument("--run", type=Path, required=True, help="a directory written by `metashield adapt`")
+    pr.add_argument("--input", type=Path, required=True, help="CSV in raw units; a label column is optional")
+    pr.add_argument("--out", type=Path, required=True, help="scores CSV: row, line, score, flagged")
+    pr.add_argument("--label-column", help="default: the support file's")
+    pr.add_argument("--benign-label", help="default: the support file's")
+    pr.set_defaults(func=cmd_predict)
 
     demo = sub.add_parser("demo", help="meta-train briefly and compare with the baselines (a few minutes)")
     demo.add_argument("--dataset", default="nsl-kdd")

@@ -1,0 +1,458 @@
+"""The analyst's workflow: adapt a trained run to a new family from a few labelled rows, then score files.
+
+``adapt_run`` reads a small labelled CSV in raw units, adapts one meta-learner of a run to it and writes an
+*adapted run* directory::
+
+    adapted.safetensors   the adapted parameters (T=1): gradient learners' weights, ProtoNet's prototypes
+    <algorithm>.safetensors/.json   the source run's meta-parameters, copied so that ``predict`` needs
+                          neither the source run nor its training data
+    adapted.json          the record: source run, support sha256, algorithm, operating threshold, the run's
+                          config, fitted pipeline and threat schema
+
+``predict_file`` scores a CSV in raw units with an adapted run. Scores are the logit margin z1 - z0 (as in
+``evaluation.baselines``) and a row is flagged iff score > threshold, strictly (``evaluation.metrics``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor, nn
+
+from metashield._atomic import atomic_write_text
+from metashield.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from metashield.config import Config, config_from_dict
+from metashield.data import FeaturePipeline
+from metashield.data.schema import FeatureSpec, ThreatSchema
+from metashield.data.strict_csv import CsvCells, CsvFormatError, check_names, number_column, read_csv_cells
+from metashield.evaluation.metrics import smallest_fpr_step, threshold_at_fpr
+from metashield.workflow import _load_model, load_run
+
+log = logging.getLogger(__name__)
+
+ADAPTED = "adapted"
+"""Checkpoint name of the adapted parameters; ``adapted.json`` is the adapted run's record."""
+FORMAT = "metashield-adapted/1"
+TARGET_FPR = 0.01
+CHUNK = 65536
+"""Rows per forward pass: bounds memory on large inputs."""
+
+Params = dict[str, Tensor]
+
+
+@dataclasses.dataclass(frozen=True)
+class RawRows:
+    """Rows of a CSV file checked against a run's raw columns and threat schema.
+
+    frame: the pipeline's input columns in raw units (numbers as float64, categories as text), [n rows].
+    labels: object [n] label cells, or None when the file has no label column.
+    lines: int64 [n], the 1-based line where each row starts (the header is line 1).
+    sha256: hex digest of the file's bytes, exactly the bytes that were parsed.
+    """
+
+    frame: pd.DataFrame
+    labels: np.ndarray | None
+    lines: np.ndarray
+    sha256: str
+
+
+def schema_to_dict(schema: ThreatSchema) -> dict:
+    """JSON-safe form of ``schema`` (per-column bounds, integer flags, justifications)."""
+    return {
+        "source": schema.source,
+        "features": {c: dataclasses.asdict(s) for c, s in schema.features.items()},
+    }
+
+
+def schema_from_dict(state: dict) -> ThreatSchema:
+    return ThreatSchema(
+        features={c: FeatureSpec(**s) for c, s in state["features"].items()}, source=state["source"]
+    )
+
+
+def _read_table(path: Path) -> tuple[CsvCells, str]:
+    """The cells of ``path`` and the sha256 of the very bytes parsed (no second read that could differ)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file, expected a CSV file with a header line")
+    raw = path.read_bytes()
+    # Blank lines (a trailing one is common) carry no row, so skipping them changes no row's line number.
+    table = read_csv_cells(raw, str(path), skip_blank_lines=True)
+    check_names(table.header, str(path))
+    return table, hashlib.sha256(raw).hexdigest()
+
+
+def _check_header(table: CsvCells, columns: list[str], label_column: str, label_required: bool) -> None:
+    """Raise naming every missing and every unexpected column; an extra column usually means a wrong file."""
+    header = set(table.header)
+    wanted = [*columns, label_column] if label_required else columns
+    missing = [c for c in wanted if c not in header]
+    extra = [c for c in table.header if c not in columns and c != label_column]
+    problems = []
+    if missing:
+        problems.append(f"missing columns {missing}")
+    if extra:
+        problems.append(f"unexpected columns {extra}")
+    if not problems:
+        return
+    label = f"the label column {label_column!r}" + ("" if label_required else " (optional)")
+    raise CsvFormatError(
+        f"{table.source}: line 1 (header): {'; '.join(problems)}; expected the run's raw feature columns "
+        f"{columns} and {label}"
+    )
+
+
+def _first_bad(table: CsvCells, position: int, bad: np.ndarray, problem: str) -> None:
+    """Raise for the first row where ``bad`` holds, quoting the cell as written."""
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise table.error(row, position, f"{table.cells[row, position]!r} {problem}")
+
+
+def _numbers(table: CsvCells, position: int, spec: FeatureSpec, log_scaled: bool) -> np.ndarray:
+    """float64 [n] of one numeric column: finite, whole where declared, inside the documented bounds."""
+    values = number_column(table, position, integer=spec.integer)
+    why = f" ({spec.why})" if spec.why else ""
+    if spec.lower is not None:
+        _first_bad(
+            table, position, values < spec.lower, f"is below the documented lower bound {spec.lower:g}{why}"
+        )
+    if spec.upper is not None:
+        _first_bad(
+            table, position, values > spec.upper, f"is above the documented upper bound {spec.upper:g}{why}"
+        )
+    if log_scaled:
+        _first_bad(
+            table, position, values < 0, "is negative, expected >= 0 (the run log1p-scales this column)"
+        )
+    return values
+
+
+def _categories(table: CsvCells, position: int, vocab: list[str]) -> np.ndarray:
+    """object [n] of one categorical column; categories the run never saw are allowed but warned about."""
+    values = table.cells[:, position]
+    unseen = ~pd.Series(values, dtype=object).isin(vocab).to_numpy()
+    if unseen.any():
+        names = sorted(set(values[unseen].tolist()))
+        log.warning(
+            "%s: column %r: %d rows hold categories the run never saw (%s; first at line %d); "
+            "they are encoded as no known category",
+            table.source,
+            table.header[position],
+            int(unseen.sum()),
+            names[:5],
+            int(table.lines[np.flatnonzero(unseen)[0]]),
+        )
+    return values
+
+
+def _labels(table: CsvCells, position: int) -> np.ndarray:
+    labels = table.cells[:, position]
+    _first_bad(
+        table, position, np.array([not v.strip() for v in labels], dtype=bool), "is empty, expected a label"
+    )
+    return labels
+
+
+def read_rows(
+    path: str | os.PathLike,
+    pipeline: FeaturePipeline,
+    schema: ThreatSchema,
+    label_column: str,
+    *,
+    label_required: bool,
+) -> RawRows:
+    """Read ``path`` strictly; every error names the file, the line, the column and what was expected."""
+    table, sha256 = _read_table(Path(path))
+    columns = pipeline.input_columns
+    if label_column in columns:
+        raise ValueError(f"label column {label_column!r} is one of the run's feature columns {columns}")
+    _check_header(table, columns, label_column, label_required)
+    state = pipeline.to_dict()
+    position = {name: i for i, name in enumerate(table.header)}
+    frame = pd.DataFrame(
+        {
+            c: (
+                _categories(table, position[c], state["vocab"][c])
+                if c in state["vocab"]
+                else _numbers(table, position[c], schema.spec(c), c in state["log_scaled"])
+            )
+            for c in columns
+        }
+    )
+    labels = _labels(table, position[label_column]) if label_column in position else None
+    return RawRows(frame, labels, table.lines, sha256)
+
+
+def _support_targets(rows: RawRows, path: Path, label_column: str, benign_label: str) -> np.ndarray:
+    """int64 [S]: 0 for rows labelled ``benign_label``, 1 for the new family (every other label)."""
+    assert rows.labels is not None  # read with label_required=True
+    y = (rows.labels != benign_label).astype(np.int64)
+    found = sorted(set(rows.labels.tolist()))
+    if not (y == 0).any():
+        raise ValueError(
+            f"{path}: no row has the benign label {benign_label!r} in column {label_column!r} (labels found: "
+            f"{found[:10]}); adapt needs at least 1 benign row and 1 row of the new family"
+        )
+    if not (y == 1).any():
+        raise ValueError(
+            f"{path}: every row has the benign label {benign_label!r} in column {label_column!r}; "
+            "adapt needs at least 1 row of the new family (any other label) as well"
+        )
+    family = sorted(set(rows.labels[y == 1].tolist()))
+    if len(family) > 1:
+        log.warning("%s: labels %s are all treated as one new family", path, family)
+    return y
+
+
+def _trained(config: Config, run: Path) -> list[str]:
+    trained = [a for a in config.train.algorithms if has_checkpoint(run, a)]
+    if not trained:
+        raise FileNotFoundError(f"{run}: no meta-learner checkpoint; run `metashield train` first")
+    return trained
+
+
+def choose_algorithm(run: Path, trained: list[str], n_family: int, requested: str | None) -> tuple[str, str]:
+    """(algorithm, why chosen): ``requested``; else ``metrics.json``'s best meta-learner (chosen on meta-val)
+    at the shot count nearest ``n_family`` (ties: the smaller); else the first trained algorithm."""
+    if requested is not None:
+        if requested not in trained:
+            raise ValueError(f"--algorithm {requested!r}: {run} has checkpoints for {trained} only")
+        return requested, "requested"
+    path = run / "metrics.json"
+    if not path.is_file():
+        return trained[0], "first trained algorithm (the run has no metrics.json)"
+    try:
+        shots = json.loads(path.read_text(encoding="utf-8"))["shots"]
+    except (json.JSONDecodeError, KeyError) as exc:
+        raise ValueError(f"{path}: expected the JSON report of `metashield evaluate` ({exc!r})") from None
+    k = min(shots, key=lambda s: (abs(int(s) - n_family), int(s)))
+    best = shots[k]["best_meta_learner"]
+    if best not in trained:
+        raise FileNotFoundError(f"{path} names {best!r} as the best meta-learner but {run} has no checkpoint")
+    return best, f"best meta-learner on meta-val at {k} shots (metrics.json)"
+
+
+def margins(learner: nn.Module, params: Params, x: np.ndarray) -> np.ndarray:
+    """Attack scores float32 [M] = logit margin z1 - z0 of rows x [M, D] under one task's ``params``."""
+    parts = []
+    with torch.no_grad():
+        for i in range(0, len(x), CHUNK):
+            logits = learner.predict(params, torch.as_tensor(x[i : i + CHUNK])[None])
+            parts.append((logits[0, :, 1] - logits[0, :, 0]).numpy())
+    return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+
+
+def _operating_threshold(scores: np.ndarray) -> dict:
+    """The threshold for ``TARGET_FPR`` on benign-validation scores [n], with its resolution 1/n."""
+    if len(scores) == 0:
+        raise ValueError("the run has no benign validation rows to set the operating threshold on")
+    if not np.isfinite(scores).all():
+        raise ValueError(
+            "the adapted model gives non-finite scores on benign validation rows: the adaptation diverged; "
+            "try another --algorithm or a support set with rows of both classes that are less extreme"
+        )
+    threshold = threshold_at_fpr(scores, TARGET_FPR)
+    resolution = smallest_fpr_step(len(scores))
+    if resolution > TARGET_FPR:
+        log.warning(
+            "only %d benign validation rows: the threshold is their largest score (FPR resolution %.3g)",
+            len(scores),
+            resolution,
+        )
+    return {
+        "value": threshold,
+        "target_fpr": TARGET_FPR,
+        "estimated_on": "the source run's benign validation slice (never the test slice)",
+        "benign_val_rows": len(scores),
+        "fpr_resolution": resolution,
+        "benign_val_fpr": float(np.mean(scores > threshold)),
+        "score": "logit margin z1 - z0",
+        "rule": "flagged iff score > threshold",
+    }
+
+
+def _sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _publish_dir(out: Path, write: Callable[[Path], None]) -> None:
+    """Build a directory with ``write(tmp)`` in a hidden temporary directory beside ``out``, then rename it
+    to ``out``: a crash leaves no ``out`` at all (at worst a ``.<name>.*.tmp`` directory), never a partial
+    one."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        write(tmp)
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    fd = os.open(out.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # make the rename itself durable, not only the files
+    finally:
+        os.close(fd)
+
+
+def _support_counts(rows: RawRows, y: np.ndarray, flagged: np.ndarray) -> dict:
+    """Rows per class of the support set and how many of them the adapted model flags (a sanity check)."""
+    assert rows.labels is not None  # a support file always has labels
+    return {
+        "benign_rows": int((y == 0).sum()),
+        "new_family_rows": int(y.sum()),
+        "new_family_labels": sorted(set(rows.labels[y == 1].tolist())),
+        "flagged": {"benign": int(flagged[y == 0].sum()), "new_family": int(flagged[y == 1].sum())},
+    }
+
+
+def _refuse_existing(out: Path) -> None:
+    if out.exists():
+        # Never overwritten, even by another adapt: its record ties flags already raised to their evidence.
+        raise FileExistsError(
+            f"{out} already exists: choose another --out (adapted runs are never overwritten)"
+        )
+
+
+def adapt_run(
+    run: str | os.PathLike,
+    support: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    algorithm: str | None = None,
+    label_column: str = "label",
+    benign_label: str = "benign",
+) -> dict:
+    """Adapt a run's meta-learner to the labelled ``support`` CSV (raw units); write the adapted run ``out``.
+
+    Rows labelled ``benign_label`` are benign, every other label is the new family; at least one of each.
+    Returns the record written to ``out/adapted.json``.
+    """
+    run, support, out = Path(run), Path(support), Path(out)
+    _refuse_existing(out)
+    config, prep, meta = load_run(run)
+    rows = read_rows(support, prep.pipeline, prep.schema, label_column, label_required=True)
+    y = _support_targets(rows, support, label_column, benign_label)
+    algo, why = choose_algorithm(run, _trained(config, run), int(y.sum()), algorithm)
+    learner = _load_model(config, int(meta["in_dim"]), run, algo, algo).eval()
+    x = prep.pipeline.transform(rows.frame)
+    with torch.no_grad():
+        params = learner.adapt(torch.as_tensor(x)[None], torch.as_tensor(y)[None])
+    threshold = _operating_threshold(margins(learner, params, prep.X[prep.benign["val"]]))
+    support_flagged = margins(learner, params, x) > threshold["value"]
+    record = {
+        "format": FORMAT,
+        "source_run": str(run.resolve()),
+        "source_checkpoint_sha256": _sha256_file(run / f"{algo}.safetensors"),
+        "dataset": prep.dataset,
+        "algorithm": algo,
+        "algorithm_choice": why,
+        "support": {
+            "path": str(support.resolve()),
+            "sha256": rows.sha256,
+            "label_column": label_column,
+            "benign_label": benign_label,
+            **_support_counts(rows, y, support_flagged),
+        },
+        "threshold": threshold,
+        "config": meta["config"],
+        "in_dim": int(meta["in_dim"]),
+        "pipeline": meta["pipeline"],
+        "schema": schema_to_dict(prep.schema),
+    }
+
+    def write(directory: Path) -> None:
+        save_checkpoint(directory, algo, dict(learner.state_dict()), {"copied_from": str(run.resolve())})
+        save_checkpoint(directory, ADAPTED, params, record)
+
+    _publish_dir(out, write)
+    return record
+
+
+@dataclasses.dataclass
+class Adapted:
+    """An adapted run loaded for scoring: ``scores(frame)`` maps raw rows to attack scores."""
+
+    record: dict
+    learner: nn.Module
+    params: Params
+    pipeline: FeaturePipeline
+    schema: ThreatSchema
+
+    @property
+    def threshold(self) -> float:
+        return float(self.record["threshold"]["value"])
+
+    def scores(self, frame: pd.DataFrame) -> np.ndarray:
+        """float32 [n] logit margins of the raw rows of ``frame``."""
+        return margins(self.learner, self.params, self.pipeline.transform(frame))
+
+
+def load_adapted(run: str | os.PathLike) -> Adapted:
+    """The adapted run that ``adapt_run`` wrote to ``run``; needs nothing from the source run."""
+    run = Path(run)
+    if not has_checkpoint(run, ADAPTED):
+        raise FileNotFoundError(f"{run}: no adapted model: is it a directory written by `metashield adapt`?")
+    params, record = load_checkpoint(run, ADAPTED)
+    if record.get("format") != FORMAT:
+        raise ValueError(f"{run / 'adapted.json'}: format {record.get('format')!r}, expected {FORMAT!r}")
+    config = config_from_dict(record["config"], str(run / "adapted.json"))
+    learner = _load_model(config, int(record["in_dim"]), run, record["algorithm"], record["algorithm"])
+    return Adapted(
+        record,
+        learner.eval(),
+        params,
+        FeaturePipeline.from_dict(record["pipeline"]),
+        schema_from_dict(record["schema"]),
+    )
+
+
+def _format_scores(rows: RawRows, scores: np.ndarray, flagged: np.ndarray) -> str:
+    """CSV text: the 1-based data row, the line it starts on, the score (repr: exact float64) and 0/1."""
+    lines = ["row,line,score,flagged"]
+    lines += [
+        f"{i},{line},{float(s)!r},{int(f)}"
+        for i, (line, s, f) in enumerate(zip(rows.lines, scores, flagged, strict=True), start=1)
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def predict_file(
+    run: str | os.PathLike,
+    input_path: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    label_column: str | None = None,
+    benign_label: str | None = None,
+) -> dict:
+    """Score every row of ``input_path`` (raw units) with the adapted run ``run``; write ``out`` atomically.
+
+    A label column (default: the one of the support file) is optional; when present the summary also counts
+    flagged rows per class. Returns {"rows", "flagged", "threshold"[, "benign", "new_family"]}.
+    """
+    input_path, out = Path(input_path), Path(out)
+    if out.resolve() == input_path.resolve():
+        raise ValueError(f"--out {out} is the input file: choose another path")
+    adapted = load_adapted(run)
+    label_column = label_column or adapted.record["support"]["label_column"]
+    benign_label = benign_label or adapted.record["support"]["benign_label"]
+    rows = read_rows(input_path, adapted.pipeline, adapted.schema, label_column, label_required=False)
+    scores = adapted.scores(rows.frame)
+    flagged = scores.astype(np.float64) > adapted.threshold
+    atomic_write_text(out, _format_scores(rows, scores, flagged))
+    summary = {"rows": len(scores), "flagged": int(flagged.sum()), "threshold": adapted.threshold}
+    if rows.labels is not None:
+        is_family = rows.labels != benign_label
+        for name, mask in (("benign", ~is_family), ("new_family", is_family)):
+            summary[name] = {"rows": int(mask.sum()), "flagged": int(flagged[mask].sum())}
+    return summary
