@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from metashield import __version__
-from metashield.config import ConfigError, load_config
+from metashield.config import DATASET_DEFAULTS, ConfigError, load_config
 from metashield.data import DownloadError
 from metashield.data.registry import UnknownDatasetError
 from metashield.train import TrainingDiverged
@@ -112,7 +112,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from metashield.workflow import evaluate_run, train_run
 
     start = time.perf_counter()
-    config = _load(args, DEMO_OVERRIDES + [f"data.dataset={args.dataset}"])
+    if args.dataset not in DATASET_DEFAULTS:
+        raise ValueError(
+            f"demo runs on {sorted(DATASET_DEFAULTS)}; for {args.dataset!r} write a config "
+            "(see configs/) and use `metashield train` + `metashield evaluate`"
+        )
+    config = _load(args, [*DATASET_DEFAULTS[args.dataset], *DEMO_OVERRIDES, f"data.dataset={args.dataset}"])
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="metashield-demo-"))
     print(
         f"demo: meta-training on {args.dataset} with a small budget "

@@ -27,3 +27,9 @@ def test_unknown_dataset_is_a_clear_error(data_home, capsys):
 def test_evaluate_without_a_run_directory_says_what_is_missing(tmp_path, capsys):
     assert main(["evaluate", "--run", str(tmp_path / "nope")]) == 2
     assert "run.json" in capsys.readouterr().err
+
+
+def test_demo_names_the_datasets_it_supports(capsys):
+    assert main(["demo", "--dataset", "drebin-families"]) == 2
+    err = capsys.readouterr().err
+    assert "demo runs on" in err and "spambase" in err and "creditcard" in err
