@@ -331,7 +331,7 @@ def evaluate_run(
         )
         if not test_sets:
             raise ValueError(f"{k}-shot: no meta-test family has at least {k + 1} rows")
-        per_episode = run_protocol(methods, test_sets, seed=config.seed)
+        per_episode = run_protocol(methods, test_sets, seed=config.seed, base_rate=ec.base_rate)
         summary = {m: summarise_method(r, seed=config.seed) for m, r in per_episode.items()}
         n_benign = min(es.n_benign_queries for es in test_sets.values())
         entry = {

@@ -63,8 +63,10 @@ def test_auc_fpr_and_f1() -> None:
     assert f1_balanced(perfect, y, 0.5, 0) == 1.0
     assert f1_balanced(scores, y, 0.5, 3) == f1_balanced(scores, y, 0.5, np.random.default_rng(3))
     m = episode_metrics(scores, y, threshold=0.5, seed=0)
-    assert set(m) == {"tpr@1%fpr", "tpr@5%fpr", "auc", "f1", "fpr@threshold"}
-    assert m["tpr@1%fpr"] <= m["tpr@5%fpr"]
+    assert set(m) == {"tpr@1%fpr", "tpr@5%fpr", "tpr@0.1%fpr", "auc", "f1", "fpr@threshold"}
+    assert m["tpr@0.1%fpr"] <= m["tpr@1%fpr"] <= m["tpr@5%fpr"]
+    with_rate = episode_metrics(scores, y, threshold=0.5, seed=0, base_rate=0.01)
+    assert 0.0 <= with_rate["precision@base_rate"] <= 1.0
 
 
 @pytest.mark.parametrize(
@@ -116,3 +118,19 @@ def test_paired_difference_ci() -> None:
         paired_difference_ci(better, {"f0": base["f0"]})
     with pytest.raises(ValueError, match="episodes"):
         paired_difference_ci({"a": np.ones(3)}, {"a": np.ones(4)})
+
+
+def test_precision_at_base_rate_follows_bayes_rule():
+    from metashield.evaluation.metrics import precision_at_base_rate
+
+    # 1,000 benign scores 0..999 and 100 attacks: 60 above every benign score, 40 below all of them.
+    benign = np.arange(1000.0)
+    attacks = np.r_[np.full(60, 2000.0), np.full(40, -1.0)]
+    scores, y = np.r_[benign, attacks], np.r_[np.zeros(1000), np.ones(100)]
+    # The 1%-FPR threshold is the 11th largest benign score (989): 10 benign rows above it, TPR 0.6.
+    pi = 0.00172
+    expected = 0.6 * pi / (0.6 * pi + 0.01 * (1 - pi))
+    assert precision_at_base_rate(scores, y, pi) == pytest.approx(expected)
+    assert precision_at_base_rate(scores, y, 0.5) == pytest.approx(0.6 / (0.6 + 0.01))
+    with pytest.raises(ValueError, match="base_rate must be in"):
+        precision_at_base_rate(scores, y, 1.5)

@@ -89,17 +89,47 @@ def f1_balanced(scores: np.ndarray, y: np.ndarray, threshold: float, rng: np.ran
     return float(f1_score(y[keep], scores[keep] > threshold, zero_division=0.0))
 
 
+def precision_at_base_rate(scores: np.ndarray, y: np.ndarray, base_rate: float, fpr: float = 0.01) -> float:
+    """Precision at the ``fpr`` operating threshold if attacks made up ``base_rate`` of the traffic.
+
+    Episodes hold far more attacks than a deployment sees (fraud is 0.172% of card transactions, the
+    subsample 1.2%), so precision is computed from the measured TPR and FPR at that threshold:
+    TPR·π / (TPR·π + FPR·(1 − π)). A threshold that flags nothing scores 0.
+    """
+    if not 0.0 < base_rate < 1.0:
+        raise ValueError(f"base_rate must be in (0, 1), got {base_rate}")
+    scores, y = _scores_labels(scores, y)
+    tau = threshold_at_fpr(scores[y == 0], fpr)
+    tpr = float(np.mean(scores[y == 1] > tau))
+    false = float(np.mean(scores[y == 0] > tau))
+    flagged = tpr * base_rate + false * (1.0 - base_rate)
+    return tpr * base_rate / flagged if flagged > 0 else 0.0
+
+
 def episode_metrics(
-    scores: np.ndarray, y: np.ndarray, *, threshold: float = 0.5, seed: int = 0
+    scores: np.ndarray,
+    y: np.ndarray,
+    *,
+    threshold: float = 0.5,
+    seed: int = 0,
+    base_rate: float | None = None,
 ) -> dict[str, float]:
-    """All per-episode metrics; ``threshold`` applies to probability-like scores (F1 and fpr@threshold)."""
-    return {
+    """All per-episode metrics; ``threshold`` applies to probability-like scores (F1 and fpr@threshold).
+
+    tpr@0.1%fpr is TPR at zero FPR when an episode has under 1,000 benign queries (``smallest_fpr_step``).
+    With ``base_rate``, also the precision at the 1%-FPR threshold at that share of attacks.
+    """
+    out = {
         "tpr@1%fpr": tpr_at_fpr(scores, y, 0.01),
         "tpr@5%fpr": tpr_at_fpr(scores, y, 0.05),
+        "tpr@0.1%fpr": tpr_at_fpr(scores, y, 0.001),
         "auc": roc_auc(scores, y),
         "f1": f1_balanced(scores, y, threshold, seed),
         "fpr@threshold": fpr_at_threshold(scores, y, threshold),
     }
+    if base_rate is not None:
+        out["precision@base_rate"] = precision_at_base_rate(scores, y, base_rate)
+    return out
 
 
 def _check_ci_args(n_boot: int, level: float) -> None:

@@ -104,9 +104,16 @@ def worst_case_scores(scores: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def run_protocol(
-    methods: Mapping[str, Scorer], sets: Mapping[str, EpisodeSet], *, seed: int = 0
+    methods: Mapping[str, Scorer],
+    sets: Mapping[str, EpisodeSet],
+    *,
+    seed: int = 0,
+    base_rate: float | None = None,
 ) -> dict[str, dict[str, list[dict[str, float]]]]:
-    """Per-episode metrics: ``result[method][family]`` is a list (one dict per episode, in episode order)."""
+    """Per-episode metrics: ``result[method][family]`` is a list (one dict per episode, in episode order).
+
+    base_rate: the share of attacks in real traffic, for precision at that rate (``episode_metrics``).
+    """
     out: dict[str, dict[str, list[dict[str, float]]]] = {}
     for method, scorer in methods.items():
         out[method] = {}
@@ -117,7 +124,7 @@ def run_protocol(
                 log.warning("%s on %s: %d non-finite scores, counted against the method", method, fam, bad)
                 scores = worst_case_scores(scores, es.query_y)
             out[method][fam] = [
-                episode_metrics(scores[e], es.query_y[e], threshold=0.0, seed=seed + e)
+                episode_metrics(scores[e], es.query_y[e], threshold=0.0, seed=seed + e, base_rate=base_rate)
                 for e in range(len(scores))
             ]
     return out

@@ -8,7 +8,15 @@ import numpy as np
 
 from metashield.evaluation.metrics import bootstrap_ci, family_bootstrap_ci, paired_difference_ci
 
-METRICS = ("tpr@1%fpr", "tpr@5%fpr", "f1", "auc", "fpr@threshold")
+METRICS = ("tpr@1%fpr", "tpr@5%fpr", "tpr@0.1%fpr", "f1", "auc", "fpr@threshold", "precision@base_rate")
+"""Every metric a report may hold, in table order; a report holds those its episodes have."""
+
+
+def _present(result: PerEpisode) -> list[str]:
+    first = next(iter(next(iter(result.values()))), {})
+    return [m for m in METRICS if m in first]
+
+
 PerEpisode = Mapping[str, Sequence[Mapping[str, float]]]
 
 
@@ -19,13 +27,14 @@ def _by_family(result: PerEpisode, metric: str) -> dict[str, np.ndarray]:
 def summarise_method(result: PerEpisode, *, seed: int = 0) -> dict:
     """``{metric: {mean, episode_ci, family_ci}}`` plus ``per_family`` means of every metric."""
     out: dict = {}
-    for metric in METRICS:
+    metrics = _present(result)
+    for metric in metrics:
         by_fam = _by_family(result, metric)
         _, elo, ehi = bootstrap_ci(np.concatenate(list(by_fam.values())), seed=seed)
         mean, flo, fhi = family_bootstrap_ci(by_fam, seed=seed)
         out[metric] = {"mean": mean, "episode_ci": [elo, ehi], "family_ci": [flo, fhi]}
     out["per_family"] = {
-        fam: {metric: float(np.mean([ep[metric] for ep in eps])) for metric in METRICS}
+        fam: {metric: float(np.mean([ep[metric] for ep in eps])) for metric in metrics}
         for fam, eps in result.items()
     }
     out["episodes"] = int(sum(len(eps) for eps in result.values()))
@@ -43,11 +52,13 @@ def format_table(
 ) -> str:
     """Plain-text table: one row per method, metrics in percent with the family-level 95% CI."""
     marks = marks or {}
-    header = f"{'method':<22}" + "".join(f"{m:>22}" for m in METRICS)
+    first = next(iter(summary.values()), {})
+    metrics = [m for m in METRICS if m in first]
+    header = f"{'method':<22}" + "".join(f"{m:>22}" for m in metrics)
     lines = [title, header, "-" * len(header)]
     for method, s in summary.items():
         cells = []
-        for metric in METRICS:
+        for metric in metrics:
             m = s[metric]
             lo, hi = m["family_ci"]
             cells.append(f"{100 * m['mean']:6.1f} [{100 * lo:5.1f},{100 * hi:5.1f}]".rjust(22))
