@@ -40,7 +40,6 @@ import argparse
 import importlib.util
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -56,6 +55,8 @@ from torch import Tensor, nn
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from machine import machine  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
 
 from metashield.attacks.constraints import Constraints, box_constraints, compile_constraints  # noqa: E402
 from metashield.attacks.engine import Attack, classifier_objective, perturb  # noqa: E402
@@ -223,25 +224,6 @@ def peak_memory(cfg: argparse.Namespace, method: str, work_file: str) -> float:
 
 
 # ---------------------------------------------------------------------------------------------- driver
-
-
-def machine() -> dict:
-    model = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": model,
-        "cores": os.cpu_count(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "loadavg_1m": round(os.getloadavg()[0], 2),
-    }
 
 
 def fmt(x: float | None, spec: str = ".1f", suffix: str = "") -> str:

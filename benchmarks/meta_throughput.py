@@ -30,7 +30,6 @@ import importlib.abc
 import importlib.machinery
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -47,6 +46,8 @@ from torch import Tensor, nn
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from machine import machine  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
 
 from metashield.meta import MAML, MetaSGD, Reptile  # noqa: E402
 from metashield.models.mlp import MLP  # noqa: E402
@@ -335,26 +336,6 @@ def _forward_flags(cfg: argparse.Namespace) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------- driver
-
-
-def machine() -> dict:
-    model = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
-    return {
-        "cpu": model,
-        "cores": os.cpu_count(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "loadavg_1m": round(load[0], 2),
-    }
 
 
 def fmt(x: float | None, spec: str = ".1f") -> str:
