@@ -14,11 +14,15 @@ ALGORITHMS: tuple[str, ...] = ("maml", "fomaml", "metasgd", "reptile", "anil", "
 BASELINES: tuple[str, ...] = ("finetune", "scratch", "knn", "logreg")
 
 
+USER_FILE_DATASETS = ("unsw-nb15",)
+"""Datasets read from the user's own files (``data.paths``); a run records each file's sha256 on first use."""
+
 _CAMPAIGNS = ["data.families={kind: campaigns}", "split.n_val=2", "split.n_test=3", "split.min_rows=11"]
 
 DATASET_DEFAULTS: dict[str, list[str]] = {
     "nsl-kdd": [],
     "kdd99": ["split.n_val=3", "split.n_test=5"],
+    "unsw-nb15": ["split.n_val=2", "split.n_test=3"],
     "spambase": _CAMPAIGNS,
     "sms-spam": _CAMPAIGNS,
     "phishing": _CAMPAIGNS,
@@ -88,9 +92,16 @@ class DataConfig(_Strict):
     """Standardised features are clipped to +-clip_z (null: no clipping)."""
     families: FamiliesConfig = Field(default_factory=FamiliesConfig)
     """Attack families: the dataset's labels, k-means campaigns, or time windows."""
+    paths: list[Path] = Field(default_factory=list)
+    """User-supplied files of a dataset that is not downloaded (``unsw-nb15``: its partition CSVs)."""
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
+        if self.dataset in USER_FILE_DATASETS and not self.paths:
+            raise ValueError(
+                f"dataset {self.dataset!r} is read from your own files: set data.paths "
+                "(e.g. [UNSW_NB15_training-set.csv, UNSW_NB15_testing-set.csv])"
+            )
         if self.dataset == "tabular" and self.tabular is None:
             raise ValueError(
                 "dataset 'tabular' needs a 'tabular' section with path, label_column, benign_label"

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 
 from metashield.config import Config, FamiliesConfig
 from metashield.data import BENIGN, FeaturePipeline, TabularData, load_dataset, load_tabular
 from metashield.data.schema import UNCONSTRAINED, ThreatSchema
+from metashield.data.unsw_nb15 import load_unsw_nb15
 from metashield.tasks import FamilySplit, drop_conflicting_rows, split_benign, split_families
 from metashield.tasks.families import campaign_families, time_ordered_benign, window_families, window_split
 
@@ -47,7 +49,16 @@ class Prepared:
         return mask
 
 
+def data_files(config: Config) -> list[Path]:
+    """The user-supplied files a run reads (none for registry datasets, whose sha256 the registry pins)."""
+    if config.data.dataset == "tabular":
+        return [Path(config.data.tabular.path)]
+    return [Path(p) for p in config.data.paths]
+
+
 def load_raw(config: Config) -> TabularData:
+    if config.data.dataset == "unsw-nb15":
+        return load_unsw_nb15(config.data.paths)
     if config.data.dataset == "tabular":
         src = config.data.tabular
         return load_tabular(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -31,7 +32,7 @@ from metashield.evaluation.report import (
     paired_difference,
     summarise_method,
 )
-from metashield.experiment import Prepared, prepare
+from metashield.experiment import Prepared, data_files, prepare
 from metashield.models import MLP
 from metashield.tasks import EpisodeSampler, FamilySplit
 from metashield.train import build_learner, meta_train
@@ -59,9 +60,32 @@ def _model(config: Config, in_dim: int) -> MLP:
     return MLP(in_dim, config.model.hidden, out_dim=config.train.ways)
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _check_data_files(recorded: dict[str, str], run_json: Path) -> None:
+    """User-supplied data must be the bytes the run was trained on: the registry pins no checksum for them."""
+    for path, sha in recorded.items():
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{run_json}: data file {path} (sha256 {sha}) is missing")
+        now = _sha256(Path(path))
+        if now != sha:
+            raise ValueError(
+                f"{run_json}: data file {path} changed since the run was trained "
+                f"(sha256 recorded {sha}, now {now}); restore it or train a new run"
+            )
+
+
 def _run_metadata(config: Config, prep: Prepared) -> dict:
     return {
         "config": config.model_dump(mode="json"),
+        # sha256 of every user-supplied file, recorded on first use (registry files are pinned instead).
+        "data_files": {str(p.resolve()): _sha256(p) for p in data_files(config)},
         "dataset": prep.dataset,
         "split": prep.split.to_dict(),
         "pipeline": prep.pipeline.to_dict(),
@@ -206,6 +230,7 @@ def load_run(run_dir: str | Path) -> tuple[Config, Prepared, dict]:
         )
     meta = json.loads(run_json.read_text(encoding="utf-8"))
     config = config_from_dict(meta["config"], str(run_json))
+    _check_data_files(meta.get("data_files", {}), run_json)
     prep = prepare(
         config,
         split=FamilySplit.from_dict(meta["split"]),
