@@ -136,6 +136,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_classify(args: argparse.Namespace) -> int:
+    from metashield.classify import classify_run
+
+    report = classify_run(args.config, args.out)
+    print(report["table"])
+    print(f"\nreport written to {Path(args.out) / 'classify.json'} ({report['seconds']:.0f} s)")
+    return 0
+
+
 def _csv_floats(text: str) -> list[float]:
     try:
         values = [float(v) for v in text.split(",") if v.strip()]
@@ -305,6 +314,16 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--label-column", help="default: the support file's")
     pr.add_argument("--benign-label", help="default: the support file's")
     pr.set_defaults(func=cmd_predict)
+
+    cl = sub.add_parser(
+        "classify",
+        help="N-way K-shot family classification of held-out families (no benign class)",
+        description="Meta-learners, pretrain + fine-tune, 1-NN and logistic regression on the same fixed "
+        "test episodes of held-out families; hyper-parameters chosen on meta-val episodes.",
+    )
+    cl.add_argument("--config", type=Path, required=True, help="YAML, e.g. configs/drebin_families.yaml")
+    cl.add_argument("--out", type=Path, required=True, help="run directory (classify.json, checkpoints)")
+    cl.set_defaults(func=cmd_classify)
 
     demo = sub.add_parser("demo", help="meta-train briefly and compare with the baselines (a few minutes)")
     demo.add_argument("--dataset", default="nsl-kdd")

@@ -264,33 +264,14 @@ def _support_threat(
             for part in _chunks(es.support_x.shape[0], chunk):
                 sx, sy, qx = es.support_x[part], es.support_y[part], es.query_x[part]
                 own = qx[:, own_cols]
+                common = dict(fraction=fraction, constraints=feasible, attack=attack, seed=seed)
                 variants = {
                     "clean": (sx, sy),
                     "random_flip": poison_support(
-                        learner.adapt,
-                        learner.predict,
-                        sx,
-                        sy,
-                        own,
-                        fraction=fraction,
-                        mode="flip",
-                        eps=0.0,
-                        constraints=feasible,
-                        attack=attack,
-                        seed=seed,
+                        learner.adapt, learner.predict, sx, sy, own, mode="flip", eps=0.0, **common
                     )[:2],
                     "attacked": poison_support(
-                        learner.adapt,
-                        learner.predict,
-                        sx,
-                        sy,
-                        own,
-                        fraction=fraction,
-                        mode=mode,
-                        eps=e,
-                        constraints=feasible,
-                        attack=attack,
-                        seed=seed,
+                        learner.adapt, learner.predict, sx, sy, own, mode=mode, eps=e, **common
                     )[:2],
                 }
                 for key, (px, py) in variants.items():
