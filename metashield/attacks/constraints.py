@@ -215,8 +215,11 @@ class _LinfProjector:
                 return torch.expm1(enc) if log else enc
 
             lo_raw, hi_raw = raw(self.lo.index_select(-1, idx)), raw(self.hi.index_select(-1, idx))
-            k_lo = torch.ceil(lo_raw - 1e-6 * lo_raw.abs().clamp_min(1.0))
-            k_hi = torch.floor(hi_raw + 1e-6 * hi_raw.abs().clamp_min(1.0))
+            # Slack for the float noise of a z-value that encodes a whole number exactly: float32 inputs
+            # carry ~1e-7 relative error into the raw value, float64 ones ~1e-16.
+            rel = 1e-6 if torch.finfo(x0.dtype).bits <= 32 else 1e-12
+            k_lo = torch.ceil(lo_raw - rel * lo_raw.abs().clamp_min(1.0))
+            k_hi = torch.floor(hi_raw + rel * hi_raw.abs().clamp_min(1.0))
             # A clipped original (raw value beyond the clip) may have no whole value in reach: it stays.
             stuck = k_lo > k_hi
             self.ints.append(
