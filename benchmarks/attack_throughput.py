@@ -43,7 +43,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -194,8 +193,8 @@ def available(method: str) -> bool:
 def worker_memory(cfg: argparse.Namespace) -> dict:
     """Growth of the peak RSS (MiB) over one call of ``cfg.method``, after setup (Linux only)."""
     torch.set_num_threads(cfg.threads)
-    work = torch.load(cfg.work, weights_only=False)
-    run = build(cfg.method, work, cfg)
+    # The worker rebuilds the seeded workload instead of unpickling one: no torch.load of a pickle.
+    run = build(cfg.method, prepare(cfg.seed), cfg)
     # Lower the kernel's peak-RSS mark to the current RSS (Linux >= 4.0): the mark left by imports and setup
     # is higher than one attack's working set and would hide it.
     Path("/proc/self/clear_refs").write_text("5")
@@ -212,8 +211,8 @@ def status_kib(field: str) -> int:
     raise KeyError(field)
 
 
-def peak_memory(cfg: argparse.Namespace, method: str, work_file: str) -> float:
-    argv = [sys.executable, __file__, "--worker", "--method", method, "--work", work_file]
+def peak_memory(cfg: argparse.Namespace, method: str) -> float:
+    argv = [sys.executable, __file__, "--worker", "--method", method]
     argv += ["--threads", str(cfg.threads), "--eps", str(cfg.eps), "--steps", str(cfg.steps)]
     argv += ["--seed", str(cfg.seed)]
     env = {**os.environ, "OMP_NUM_THREADS": str(cfg.threads)}
@@ -241,7 +240,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", metavar="FILE", help="write the results as JSON to FILE")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--method", choices=METHODS, help=argparse.SUPPRESS)
-    p.add_argument("--work", help=argparse.SUPPRESS)
     cfg = p.parse_args(argv)
     if cfg.worker:
         print(json.dumps(worker_memory(cfg)))
@@ -272,10 +270,7 @@ def main(argv: list[str] | None = None) -> int:
             times[m].append(time.perf_counter() - t0)
     peak: dict[str, float] = {}
     if not cfg.no_memory:
-        with tempfile.TemporaryDirectory() as tmp:
-            work_file = str(Path(tmp) / "work.pt")
-            torch.save(work, work_file)
-            peak = {m: peak_memory(cfg, m, work_file) for m in methods}
+        peak = {m: peak_memory(cfg, m) for m in methods}
 
     rate = {m: SAMPLES / statistics.median(ts) for m, ts in times.items()}
     rows = []
