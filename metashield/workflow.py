@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -16,6 +15,7 @@ from metashield.attacks.poisoning import backdoor, flip_labels, make_trigger, po
 from metashield.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from metashield.config import Config, EvaluateConfig, config_from_dict
 from metashield.data import BENIGN, FeaturePipeline
+from metashield.data.download import file_sha256
 from metashield.device import resolve_device
 from metashield.evaluation.baselines import (
     finetune_scorer,
@@ -60,20 +60,12 @@ def _model(config: Config, in_dim: int) -> MLP:
     return MLP(in_dim, config.model.hidden, out_dim=config.train.ways)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _check_data_files(recorded: dict[str, str], run_json: Path) -> None:
     """User-supplied data must be the bytes the run was trained on: the registry pins no checksum for them."""
     for path, sha in recorded.items():
         if not Path(path).is_file():
             raise FileNotFoundError(f"{run_json}: data file {path} (sha256 {sha}) is missing")
-        now = _sha256(Path(path))
+        now = file_sha256(Path(path))
         if now != sha:
             raise ValueError(
                 f"{run_json}: data file {path} changed since the run was trained "
@@ -85,7 +77,7 @@ def _run_metadata(config: Config, prep: Prepared) -> dict:
     return {
         "config": config.model_dump(mode="json"),
         # sha256 of every user-supplied file, recorded on first use (registry files are pinned instead).
-        "data_files": {str(p.resolve()): _sha256(p) for p in data_files(config)},
+        "data_files": {str(p.resolve()): file_sha256(p) for p in data_files(config)},
         "dataset": prep.dataset,
         "split": prep.split.to_dict(),
         "pipeline": prep.pipeline.to_dict(),
