@@ -8,11 +8,9 @@ regression. All hyper-parameter choices use meta-val episodes only.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -21,8 +19,6 @@ import numpy as np
 import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from sklearn.linear_model import LogisticRegression
-from sklearn.neighbors import KNeighborsClassifier
 from torch import nn
 
 from metashield._atomic import atomic_write_json
@@ -31,6 +27,14 @@ from metashield.config import Algorithm, MetaConfig, TrainConfig
 from metashield.data import BENIGN, FeaturePipeline, TabularData, load_dataset
 from metashield.device import resolve_device
 from metashield.evaluation.baselines import finetune_learner
+from metashield.evaluation.classifiers import (
+    Classifier,
+    knn_classifier,
+    learner_classifier,
+    logreg_classifier,
+    pretrain_families,
+    with_new_head,
+)
 from metashield.evaluation.metrics import bootstrap_ci
 from metashield.models.mlp import MLP
 from metashield.tasks import EpisodeSampler, FamilySplit, drop_conflicting_rows, split_families
@@ -39,7 +43,6 @@ from metashield.train import build_learner, meta_train
 log = logging.getLogger(__name__)
 
 # Predicts query labels: (support_x [E,S,D], support_y [E,S], query_x [E,M,D]) -> labels int [E,M].
-Classifier = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], np.ndarray]
 
 
 class ClassifyConfig(BaseModel):
@@ -190,70 +193,6 @@ def episode_accuracy(
     """Query accuracy of each episode, float [E]."""
     pred = classify(*episodes.tensors(X, device))
     return (pred == episodes.query_y).mean(axis=1)
-
-
-def learner_classifier(learner: nn.Module) -> Classifier:
-    """Adapt on each support set and predict the argmax class; all episodes in one vmapped call."""
-
-    def classify(sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor) -> np.ndarray:
-        learner.eval()
-        with torch.no_grad():
-            return learner.predict(learner.adapt(sx, sy), qx).argmax(-1).cpu().numpy()
-
-    return classify
-
-
-def _sklearn_classifier(make: Callable[[], Any]) -> Classifier:
-    def classify(sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor) -> np.ndarray:
-        s, y, q = (t.cpu().numpy() for t in (sx, sy, qx))
-        return np.stack([make().fit(s[e], y[e]).predict(q[e]) for e in range(len(s))])
-
-    return classify
-
-
-def knn_classifier() -> Classifier:
-    """1-nearest neighbour (Euclidean) on the support set."""
-    return _sklearn_classifier(lambda: KNeighborsClassifier(n_neighbors=1))
-
-
-def logreg_classifier(C: float) -> Classifier:
-    """Multinomial L2 logistic regression fitted on the support set."""
-    return _sklearn_classifier(lambda: LogisticRegression(C=C, max_iter=1000))
-
-
-def pretrain_families(
-    X: np.ndarray, labels: np.ndarray, cfg: ClassifyConfig, device: torch.device
-) -> nn.Module:
-    """Supervised MLP over all meta-train families: X [n, D], labels [n] in 0..F-1 -> MLP with F outputs.
-
-    Mini-batches of 256 rows drawn uniformly (not per family: most families have only a handful of rows).
-    """
-    torch.manual_seed(cfg.seed * 1000 + 999)
-    model = MLP(X.shape[1], cfg.hidden, int(labels.max()) + 1).to(device)
-    rng = np.random.default_rng([cfg.seed, 3])
-    Xt, yt = torch.as_tensor(X, device=device), torch.as_tensor(labels, device=device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.pretrain_lr)
-    model.train()
-    for _ in range(cfg.pretrain_steps):
-        idx = torch.as_tensor(rng.integers(0, len(X), 256), device=device)
-        opt.zero_grad(set_to_none=True)
-        nn.functional.cross_entropy(model(Xt[idx]), yt[idx]).backward()
-        opt.step()
-    return model.eval()
-
-
-def with_new_head(pretrained: nn.Module, ways: int) -> nn.Module:
-    """A copy of ``pretrained`` whose F-way head is replaced by a zero N-way head.
-
-    Zero rather than random: every episode then starts from the same uniform prediction, and head-only
-    fine-tuning (a convex problem) does not depend on an initialisation seed.
-    """
-    model = copy.deepcopy(pretrained)
-    head = nn.Linear(model.head.in_features, ways, device=model.head.weight.device)
-    nn.init.zeros_(head.weight)
-    nn.init.zeros_(head.bias)
-    model.head = head
-    return model
 
 
 def _grid_search(
@@ -443,7 +382,15 @@ def classify_run(
     if cfg.pretrain_steps:
         train_rows = np.flatnonzero(np.isin(prepared.family, prepared.split.train))
         _, labels = np.unique(prepared.family[train_rows], return_inverse=True)
-        pretrained = pretrain_families(prepared.X[train_rows], labels, cfg, device)
+        pretrained = pretrain_families(
+            prepared.X[train_rows],
+            labels,
+            hidden=cfg.hidden,
+            lr=cfg.pretrain_lr,
+            steps=cfg.pretrain_steps,
+            seed=cfg.seed,
+            device=device,
+        )
     shots = sorted(set(cfg.eval_shots))
     results = {str(s): evaluate_shots(prepared, cfg, s, learners, pretrained, device) for s in shots}
     report = {

@@ -1,0 +1,91 @@
+"""N-way few-shot classifiers for family classification, the counterparts of ``evaluation.baselines``.
+
+A classifier maps ``(support_x [E,S,D], support_y [E,S], query_x [E,M,D])`` to predicted classes [E, M].
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.neighbors import KNeighborsClassifier
+from torch import nn
+
+from metashield.models.mlp import MLP
+
+Classifier = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], np.ndarray]
+
+
+def learner_classifier(learner: nn.Module) -> Classifier:
+    """Adapt on each support set and predict the argmax class; all episodes in one vmapped call."""
+
+    def classify(sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor) -> np.ndarray:
+        learner.eval()
+        with torch.no_grad():
+            return learner.predict(learner.adapt(sx, sy), qx).argmax(-1).cpu().numpy()
+
+    return classify
+
+
+def _sklearn_classifier(make: Callable[[], Any]) -> Classifier:
+    def classify(sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor) -> np.ndarray:
+        s, y, q = (t.cpu().numpy() for t in (sx, sy, qx))
+        return np.stack([make().fit(s[e], y[e]).predict(q[e]) for e in range(len(s))])
+
+    return classify
+
+
+def knn_classifier() -> Classifier:
+    """1-nearest neighbour (Euclidean) on the support set."""
+    return _sklearn_classifier(lambda: KNeighborsClassifier(n_neighbors=1))
+
+
+def logreg_classifier(C: float) -> Classifier:
+    """Multinomial L2 logistic regression fitted on the support set."""
+    return _sklearn_classifier(lambda: LogisticRegression(C=C, max_iter=1000))
+
+
+def pretrain_families(
+    X: np.ndarray,
+    labels: np.ndarray,
+    *,
+    hidden: list[int],
+    lr: float,
+    steps: int,
+    seed: int,
+    device: torch.device,
+) -> nn.Module:
+    """Supervised MLP over all meta-train families: X [n, D], labels [n] in 0..F-1 -> MLP with F outputs.
+
+    Mini-batches of 256 rows drawn uniformly (not per family: most families have only a handful of rows).
+    """
+    torch.manual_seed(seed * 1000 + 999)
+    model = MLP(X.shape[1], hidden, int(labels.max()) + 1).to(device)
+    rng = np.random.default_rng([seed, 3])
+    Xt, yt = torch.as_tensor(X, device=device), torch.as_tensor(labels, device=device)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(steps):
+        idx = torch.as_tensor(rng.integers(0, len(X), 256), device=device)
+        opt.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(Xt[idx]), yt[idx]).backward()
+        opt.step()
+    return model.eval()
+
+
+def with_new_head(pretrained: nn.Module, ways: int) -> nn.Module:
+    """A copy of ``pretrained`` whose F-way head is replaced by a zero N-way head.
+
+    Zero rather than random: every episode then starts from the same uniform prediction, and head-only
+    fine-tuning (a convex problem) does not depend on an initialisation seed.
+    """
+    model = copy.deepcopy(pretrained)
+    head = nn.Linear(model.head.in_features, ways, device=model.head.weight.device)
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    model.head = head
+    return model
