@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from metashield._atomic import atomic_write
 from metashield.data.registry import DatasetSpec, RemoteFile, data_home, get_spec, mirrors
+from metashield.data.sequences import SequenceData
 from metashield.data.types import TabularData
 
 logger = logging.getLogger(__name__)
@@ -147,6 +148,8 @@ def fetch(name: str, *, home: str | Path | None = None, progress: bool = True) -
     return folder
 
 
-def load_dataset(name: str, home: str | Path | None = None, *, progress: bool = True) -> TabularData:
+def load_dataset(
+    name: str, home: str | Path | None = None, *, progress: bool = True
+) -> TabularData | SequenceData:
     """Fetch dataset ``name`` (see ``fetch``) and parse it with its registered loader."""
     return get_spec(name).loader(fetch(name, home=home, progress=progress))

@@ -15,8 +15,10 @@ from metashield.data.creditcard import PARTS as CREDITCARD_PARTS
 from metashield.data.creditcard import load_creditcard
 from metashield.data.drebin import DREBIN_COUNT, DREBIN_INPUT, load_drebin_families
 from metashield.data.kdd99 import KDD99_GZ, load_kdd99
+from metashield.data.mal_api import MAL_API_CALLS, MAL_API_INDEX, MAL_API_TYPES, load_mal_api
 from metashield.data.nsl_kdd import NSL_KDD_ZIP, load_nsl_kdd
 from metashield.data.phishing import PHISHING_GZ, load_phishing
+from metashield.data.sequences import SequenceData
 from metashield.data.sms_spam import SMS_SPAM_FILE, load_sms_spam
 from metashield.data.spambase import SPAMBASE_DATA, load_spambase
 from metashield.data.tuandromd import TUANDROMD_CSV, load_tuandromd
@@ -61,7 +63,8 @@ class DatasetSpec:
 
     folder: sub-folder of the cache (and of each mirror) holding the files.
     urls: file name -> full public origin URLs, tried in order after the mirrors.
-    loader: parses the folder holding every verified file into ``TabularData``.
+    loader: parses the folder holding every verified file into ``TabularData`` (feature rows) or
+    ``SequenceData`` (token sequences).
     """
 
     name: str
@@ -69,7 +72,7 @@ class DatasetSpec:
     files: tuple[RemoteFile, ...]
     urls: Mapping[str, tuple[str, ...]]
     description: str
-    loader: Callable[[Path], TabularData]
+    loader: Callable[[Path], TabularData | SequenceData]
 
     def __post_init__(self) -> None:
         names = [f.name for f in self.files]
@@ -226,6 +229,49 @@ REGISTRY: dict[str, DatasetSpec] = {
             "class; sample dates 2004-2012 as timestamps."
         ),
         loader=load_drebin_families,
+    ),
+    "mal-api": DatasetSpec(
+        name="mal-api",
+        folder="mal-api-2019-subset",
+        files=(
+            RemoteFile(
+                name=MAL_API_CALLS,
+                sha256="d5517f6c3bd04831d3c52434a74bf58afd8bf45ab318d2937bd445359111774f",
+                size=609_324,
+            ),
+            RemoteFile(
+                name=MAL_API_TYPES,
+                sha256="e778958a091b6a227baa17760a4c211837a49752fc7b8c84cb5da22d9e4f9c1e",
+                size=772,
+            ),
+            RemoteFile(
+                name=MAL_API_INDEX,
+                sha256="970c5988664898b189153c61ced31b1dc3ae6a4eb9834ce7163be58beafaa887",
+                size=6_940,
+            ),
+        ),
+        urls={
+            # The authors' repository at its HEAD when the copy was taken; the zips are its other/data
+            # subset, and the top-level ApiIndex.txt is byte-identical to other/data/ApiIndex.txt.
+            MAL_API_CALLS: (
+                "https://raw.githubusercontent.com/ocatak/malware_api_class/"
+                "446f0c7643e93bda26599524d3cb796d9294cd91/other/data/100_calls.zip",
+            ),
+            MAL_API_TYPES: (
+                "https://raw.githubusercontent.com/ocatak/malware_api_class/"
+                "446f0c7643e93bda26599524d3cb796d9294cd91/other/data/100_types.zip",
+            ),
+            MAL_API_INDEX: (
+                "https://raw.githubusercontent.com/ocatak/malware_api_class/"
+                "446f0c7643e93bda26599524d3cb796d9294cd91/ApiIndex.txt",
+            ),
+        },
+        description=(
+            "Mal-API-2019 subset (Çatak & Yazı, arXiv:1905.01999, 2019): 808 Windows API-call sequences "
+            "(Cuckoo sandbox) of 8 malware types, 101 each, no benign class; 12 to 1,485,396 calls each "
+            "over 340 named APIs."
+        ),
+        loader=load_mal_api,
     ),
     "clamp": DatasetSpec(
         name="clamp",
