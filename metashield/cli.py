@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from metashield import __version__
+from metashield.classify.config import DEMO_CONFIGS
 from metashield.config import DATASET_DEFAULTS, ConfigError, load_config
 from metashield.data import DownloadError
 from metashield.data.registry import UnknownDatasetError
@@ -113,9 +114,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from metashield.workflow import evaluate_run, train_run
 
     start = time.perf_counter()
+    if args.dataset in DEMO_CONFIGS:
+        return _classify_demo(args, start)
     if args.dataset not in DATASET_DEFAULTS:
         raise ValueError(
-            f"demo runs on {sorted(DATASET_DEFAULTS)}; for {args.dataset!r} write a config "
+            f"demo runs on {sorted([*DATASET_DEFAULTS, *DEMO_CONFIGS])}; for {args.dataset!r} write a config "
             "(see configs/) and use `metashield train` + `metashield evaluate`"
         )
     config = _load(args, [*DATASET_DEFAULTS[args.dataset], *DEMO_OVERRIDES, f"data.dataset={args.dataset}"])
@@ -133,6 +136,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "(`metashield train` + `metashield evaluate` run the full protocol)."
     )
     print(f"run and metrics.json in {out}; {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+def _classify_demo(args: argparse.Namespace, start: float) -> int:
+    from metashield.classify import classify_run
+
+    if args.overrides:
+        raise ValueError(
+            f"--set does not apply to the {args.dataset} demo: copy its config and run `metashield classify`"
+        )
+    config = dict(DEMO_CONFIGS[args.dataset])
+    config.update({k: v for k, v in (("seed", args.seed), ("device", args.device)) if v is not None})
+    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="metashield-demo-"))
+    print(f"demo: N-way family classification on {args.dataset} ({config['steps']} meta-steps per algorithm)")
+    report = classify_run(config, out)
+    print(report["table"])
+    print(f"\nreport in {out / 'classify.json'}; {time.perf_counter() - start:.0f} s")
     return 0
 
 

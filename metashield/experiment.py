@@ -70,7 +70,14 @@ def load_raw(config: Config) -> TabularData:
             log_columns=src.log_columns,
             on_bad_rows=src.on_bad_rows,
         )
-    return load_dataset(config.data.dataset)
+    data = load_dataset(config.data.dataset)
+    if not isinstance(data, TabularData):
+        raise ValueError(
+            f"data.dataset {config.data.dataset!r} holds {type(data).__name__} (call sequences), not feature "
+            "rows: detection needs a tabular dataset; classify its families with `metashield classify "
+            "--config configs/mal_api.yaml`"
+        )
+    return data
 
 
 def _pseudo_families(data: TabularData, fc: FamiliesConfig) -> TabularData:

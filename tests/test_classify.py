@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 import torch
 
-from metashield.classify import ClassifyConfig, classify_run, make_episodes, prepare_families
+from metashield.classify import ClassifyConfig, classify_run, prepare_families
 from metashield.data import TabularData
+from metashield.tasks.fixed import make_episodes
 from tests.conftest import shared_data
 
 TINY = {
@@ -126,8 +127,12 @@ def test_pipeline_is_fitted_on_meta_train_families_only() -> None:
 
 
 def test_config_is_validated() -> None:
-    with pytest.raises(ValueError, match="n_val and n_test"):
+    with pytest.raises(ValueError, match="n_val must be >= ways"):
         ClassifyConfig.model_validate({"ways": 5, "n_val": 3})
+    with pytest.raises(ValueError, match="n_test must be >= ways"):
+        ClassifyConfig.model_validate({"ways": 5, "n_test": 3})
+    with pytest.raises(ValueError, match="folds only applies"):
+        ClassifyConfig.model_validate({"folds": [0]})
     with pytest.raises(ValueError, match="extra"):
         ClassifyConfig.model_validate({"unknown": 1})
 
@@ -142,7 +147,7 @@ def test_drebin_families_smoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         **{"eval_shots": [5], "val_episodes": 5, "test_episodes": 10, "pretrain_steps": 20},
     }
     rep = classify_run({**cfg, "dataset": "drebin-families"}, tmp_path / "run")
-    assert rep["n_features"] <= 221 and len(rep["split"]["test"]) == 8
+    assert rep["input_shape"][0] <= 221 and len(rep["split"]["test"]) == 8
     assert rep["results"]["5"]["protonet"]["acc"] > 0.2
 
 
@@ -152,4 +157,4 @@ def test_cli_reports_an_invalid_config(tmp_path: Path, capsys: pytest.CaptureFix
     bad = tmp_path / "bad.yaml"
     bad.write_text("ways: 5\nn_val: 2\n")
     assert main(["classify", "--config", str(bad), "--out", str(tmp_path / "run")]) == 2
-    assert "n_val and n_test" in capsys.readouterr().err
+    assert "n_val must be >= ways" in capsys.readouterr().err

@@ -30,6 +30,11 @@ def test_evaluate_without_a_run_directory_says_what_is_missing(tmp_path, capsys)
 
 
 def test_demo_names_the_datasets_it_supports(capsys):
-    assert main(["demo", "--dataset", "drebin-families"]) == 2
+    assert main(["demo", "--dataset", "cic-ids2017"]) == 2
     err = capsys.readouterr().err
-    assert "demo runs on" in err and "spambase" in err and "creditcard" in err
+    assert "demo runs on" in err and "spambase" in err and "creditcard" in err and "mal-api" in err
+
+
+def test_family_classification_demo_refuses_detection_overrides(capsys):
+    assert main(["demo", "--dataset", "mal-api", "--set", "train.steps=5"]) == 2
+    assert "--set does not apply to the mal-api demo" in capsys.readouterr().err

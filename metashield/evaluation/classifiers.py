@@ -15,8 +15,6 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
 from torch import nn
 
-from metashield.models.mlp import MLP
-
 Classifier = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], np.ndarray]
 
 
@@ -50,21 +48,22 @@ def logreg_classifier(C: float) -> Classifier:
 
 
 def pretrain_families(
+    model: nn.Module,
     X: np.ndarray,
     labels: np.ndarray,
     *,
-    hidden: list[int],
     lr: float,
     steps: int,
     seed: int,
     device: torch.device,
 ) -> nn.Module:
-    """Supervised MLP over all meta-train families: X [n, D], labels [n] in 0..F-1 -> MLP with F outputs.
+    """Supervised training of ``model`` (F outputs) over all meta-train families: X [n, D], labels [n] in
+    0..F-1. Returns the model in eval mode.
 
     Mini-batches of 256 rows drawn uniformly (not per family: most families have only a handful of rows).
     """
     torch.manual_seed(seed * 1000 + 999)
-    model = MLP(X.shape[1], hidden, int(labels.max()) + 1).to(device)
+    model = model.to(device)
     rng = np.random.default_rng([seed, 3])
     Xt, yt = torch.as_tensor(X, device=device), torch.as_tensor(labels, device=device)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
