@@ -297,7 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     at.add_argument(
         "--eps", type=_csv_floats, default=[0.05, 0.1, 0.2], help="budgets in z-units, e.g. 0.05,0.1"
     )
-    at.add_argument("--norm", choices=["linf", "l2"], default="linf")
+    at.add_argument(
+        "--norm", choices=["linf", "l2", "edits"], help="default: edits for --attack edits, else linf"
+    )
     at.add_argument("--constraints", choices=["default", "none"], default="default")
     at.add_argument("--methods", type=lambda t: [m for m in t.split(",") if m], help="e.g. maml,finetune")
     at.add_argument("--shots", type=int, default=5)

@@ -23,7 +23,7 @@ import torch
 from metashield._atomic import atomic_write_json
 from metashield.attacks.constraints import Constraints, box_constraints, compile_constraints
 from metashield.attacks.fast_mlp import mlp_layers
-from metashield.attacks.presets import DEFAULT_ENSEMBLE, get_attack
+from metashield.attacks.presets import DEFAULT_ENSEMBLE, PRESETS, get_attack
 from metashield.attacks.support import MODES, adaptive_query_attack, poison_support
 from metashield.checkpoint import has_checkpoint
 from metashield.device import resolve_device
@@ -110,7 +110,7 @@ def attack_run(
     threat: str = "query",
     attack: str = "pgd",
     eps: Sequence[float] = (0.05, 0.1, 0.2),
-    norm: str = "linf",
+    norm: str | None = None,
     constraints: str = "default",
     methods: Sequence[str] | None = None,
     shots: int = 5,
@@ -124,9 +124,12 @@ def attack_run(
     """Attack a trained run's meta-test episodes; writes ``<run>/<out_name>`` and returns the report.
 
     attack: a preset name or ``ensemble`` (query threat). eps: budgets in z-units of the standardised
-    features.
+    features, or whole edits for the ``edits`` attack. norm: None takes the attack's own (``linf`` for
+    every attack but ``edits``).
     """
     run_dir = Path(run_dir)
+    if norm is None:
+        norm = PRESETS[attack].norm if attack in PRESETS else "linf"
     if threat not in THREATS:
         raise ValueError(f"threat must be one of {THREATS}, got {threat!r}")
     if threat == "support" and mode not in MODES:
@@ -155,7 +158,11 @@ def attack_run(
         "episodes_per_family": episodes,
         "norm": norm,
         "eps": list(eps),
-        "eps_units": "z-units of the standardised features (per-feature standard deviations)",
+        "eps_units": (
+            "whole edits in raw units (one word, flag or count; a continuous feature to its bound)"
+            if norm == "edits"
+            else "z-units of the standardised features (per-feature standard deviations)"
+        ),
         "constraints": constraints,
         "families": sorted(sets),
     }
@@ -344,7 +351,7 @@ def _pct(ci: dict) -> str:
 def format_attack_table(report: dict) -> str:
     """Plain-text summary: TPR@1%FPR in percent with family-level 95% CIs."""
     lines = [
-        f"{report['threat']} attack, {report['shots']}-shot, {report['norm']} eps in z-units, "
+        f"{report['threat']} attack, {report['shots']}-shot, eps in {report['eps_units']}, "
         f"constraints={report['constraints']}, {report['episodes_per_family']} episodes x "
         f"{len(report['families'])} held-out families"
     ]

@@ -22,7 +22,9 @@ from torch import Tensor
 from metashield.data.preprocess import FeaturePipeline
 from metashield.data.schema import ThreatSchema
 
-NORMS = ("linf", "l2")
+NORMS = ("linf", "l2", "edits")
+"""``edits``: a budget of whole edits in raw units (``Constraints.edit_steps``), for binary and count features
+whose smallest change is already more than a z-unit budget allows."""
 
 
 def check_norm(norm: str) -> None:
@@ -44,6 +46,7 @@ def ball(delta: Tensor, eps: float, norm: str) -> Tensor:
 
 
 def _dist(delta: Tensor, norm: str) -> Tensor:
+    """Per-row length of ``delta`` in ``linf`` or ``l2`` (``edits`` are counted by ``Constraints``)."""
     return delta.abs().amax(-1) if norm == "linf" else delta.norm(dim=-1)
 
 
@@ -113,7 +116,49 @@ class Constraints:
         original, so whatever depends only on it (the L∞ box, the integer range, allowed categories) is
         computed once here rather than at every step."""
         check_norm(norm)
+        if norm == "edits":
+            # Edits are feasible by construction (``edit_steps``); ``violations`` checks the count.
+            return lambda x: x
         return _LinfProjector(self, x0, eps) if norm == "linf" else partial(self._project_l2, x0=x0, eps=eps)
+
+    def _frozen_under_edits(self) -> Tensor:
+        """bool [D]: immutable columns and every one-hot column (a category switch is not a unit edit)."""
+        frozen = ~self.mutable.clone()
+        for group in self.groups:
+            frozen[group] = True
+        return frozen
+
+    def edit_steps(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(up, down) [..., D]: ``x`` after one edit of each feature alone, in z-units.
+
+        An edit moves an integer column by one whole raw unit (one more or one fewer word, flag, packet;
+        log scaling inverted exactly) and any other mutable column to its bound. An edit that would leave
+        the bounds, and any immutable or one-hot column, leaves the value where it is.
+        """
+        up = torch.where(self.mutable, self.upper, x).expand_as(x).clone()
+        down = torch.where(self.mutable, self.lower, x).expand_as(x).clone()
+        if self.int_idx.numel():
+            raw = torch.round(self._raw(x[..., self.int_idx]))
+            lo, hi = self.lower[self.int_idx].double(), self.upper[self.int_idx].double()
+            tol = self.tolerance(torch.float64)
+            for out, step in ((up, 1.0), (down, -1.0)):
+                z = self._z(raw + step)
+                fits = (z >= lo - tol) & (z <= hi + tol)
+                out[..., self.int_idx] = torch.where(fits, z, x[..., self.int_idx].double()).to(x.dtype)
+        frozen = self._frozen_under_edits()
+        return torch.where(frozen, x, up), torch.where(frozen, x, down)
+
+    def edit_count(self, x: Tensor, x0: Tensor) -> Tensor:
+        """Edits between ``x0`` and ``x`` [..., D] per row: whole raw units moved on integer columns plus
+        one per other changed column."""
+        changed = (x - x0).abs() > self.tolerance(x.dtype)
+        count = changed.sum(-1).to(torch.float64)
+        if self.int_idx.numel():
+            units = torch.round(self._raw(x[..., self.int_idx])) - torch.round(
+                self._raw(x0[..., self.int_idx])
+            )
+            count = count - changed[..., self.int_idx].sum(-1) + units.abs().sum(-1)
+        return count
 
     def _project_l2(self, x: Tensor, *, x0: Tensor, eps: float) -> Tensor:
         delta = torch.where(self.mutable, x - x0, torch.zeros_like(x))
@@ -147,8 +192,9 @@ class Constraints:
         """Rows of [..., D] breaking each constraint, by constraint; all 0 for a valid attack."""
         tol = self.tolerance(x.dtype)
         delta = x - x0
+        length = self.edit_count(x, x0) if norm == "edits" else _dist(delta, norm)
         counts = {
-            "ball": _dist(delta, norm) > eps + tol,
+            "ball": length > eps + (0.5 if norm == "edits" else tol),
             "immutable": (delta.abs() > tol)[..., ~self.mutable].any(-1),
             "bounds": ((x < self.lower - tol) | (x > self.upper + tol)).any(-1),
         }

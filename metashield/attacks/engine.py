@@ -10,7 +10,10 @@ lowest score (the original input included, so an attack never helps the detector
 Step rules: ``pgd`` (fixed step, sign for L∞, normalised gradient for L2; FGSM is one full-size step),
 ``apgd`` (momentum and a per-unit step size halved at checkpoints when progress stalls, after Croce & Hein,
 ICML 2020) and ``square`` (score-based random search over vertices of the ball, after Andriushchenko et al.,
-ECCV 2020, without gradients: the check for gradient masking).
+ECCV 2020, without gradients: the check for gradient masking). ``greedy`` spends a budget of ``eps`` whole
+edits (norm ``edits``: one word, flag or count more or fewer), each on the feature whose edit the gradient
+says helps most, in the spirit of the feature-addition attacks on Android malware detectors (Grosse et al.,
+ESORICS 2017); it is the budget that means something for binary and count features.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ also offer ``value_and_grad(x) -> (loss, score, d sum(loss)/dx)``, used instead 
 (``attacks.fast_mlp``)."""
 
 LOSSES = ("ce", "margin")
-RULES = ("pgd", "apgd", "square")
+RULES = ("pgd", "apgd", "square", "greedy")
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,8 @@ class Attack:
         if self.rule not in RULES:
             raise ValueError(f"attack {self.name!r}: rule must be one of {RULES}, got {self.rule!r}")
         check_norm(self.norm)
+        if (self.rule == "greedy") != (self.norm == "edits"):
+            raise ValueError(f"attack {self.name!r}: rule 'greedy' and norm 'edits' go together")
         if self.steps < 1 or self.restarts < 1:
             raise ValueError(f"attack {self.name!r}: steps and restarts must be >= 1")
         if not (self.step_size > 0 and math.isfinite(self.step_size)):
@@ -179,6 +184,8 @@ def perturb(
     the same result.
     """
     check_eps(eps)
+    if attack.norm == "edits" and eps != int(eps):
+        raise ValueError(f"an edits budget is a whole number of edits, got eps = {eps}")
     x0 = x0.detach()
     constraints = constraints.to(x0)
     if constraints.n_features != x0.shape[-1]:
@@ -191,9 +198,10 @@ def perturb(
     run = _Run(objective, x0, eps, attack, constraints, free)
     if eps == 0:
         return run.best_x, run.best_score
-    rule = {"pgd": _pgd, "apgd": _apgd, "square": _square}[attack.rule]
+    rule = {"pgd": _pgd, "apgd": _apgd, "square": _square, "greedy": _greedy}[attack.rule]
     for _ in range(attack.restarts):
-        start = run.project(_random_start(x0, eps, attack.norm, gen)) if attack.random_start else x0
+        random = attack.random_start and attack.norm != "edits"
+        start = run.project(_random_start(x0, eps, attack.norm, gen)) if random else x0
         last, last_score = rule(run, start, gen)
     return (run.best_x, run.best_score) if run.track else (last, last_score)
 
@@ -292,3 +300,20 @@ def _square(run: _Run, x: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]
         current_score = torch.where(better, score, current_score)
         current = torch.where(_rows(better, x), proposal, current)
     return current, current_score
+
+
+def _greedy(run: _Run, x: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    """``eps`` rounds; each row takes the one edit (feature, up or down) with the largest first-order gain
+    g·Δ in the loss, or none when no edit has a positive gain. A feature may be edited again (a count can
+    rise by several), each time from the budget."""
+    constraints = run.constraints
+    for _ in range(int(run.eps)):
+        _, _, g = run.evaluate(x, need_grad=True)
+        up, down = constraints.edit_steps(x)
+        steps = torch.cat([up, down], dim=-1)  # [..., 2D]: every single edit, up then down
+        gain = torch.cat([g, g], dim=-1) * (steps - torch.cat([x, x], dim=-1))
+        best = gain.argmax(dim=-1, keepdim=True)
+        moved = x.scatter(-1, best % x.shape[-1], steps.gather(-1, best))
+        x = run.project(torch.where(gain.gather(-1, best) > 0, moved, x))
+    _, score, _ = run.evaluate(x, need_grad=False)
+    return x, score

@@ -15,10 +15,12 @@ PRESETS: dict[str, Attack] = {
         Attack("apgd-ce", loss="ce", rule="apgd", steps=50, random_start=False),
         Attack("apgd-margin", loss="margin", rule="apgd", steps=50, random_start=False),
         Attack("square", loss="margin", rule="square", steps=300, random_start=False),
+        Attack("edits", loss="margin", rule="greedy", norm="edits", steps=1, random_start=False),
     )
 }
 """L∞ presets (``get_attack(name, norm="l2")`` gives the L2 version). PGD steps a quarter of eps from a
-random start; APGD starts at the input and halves its step when progress stalls; Square uses scores only."""
+random start; APGD starts at the input and halves its step when progress stalls; Square uses scores only.
+``edits``: the greedy attack whose eps counts whole raw edits (norm ``edits``), for binary/count features."""
 
 DEFAULT_ENSEMBLE: tuple[str, ...] = ("pgd", "apgd-ce", "apgd-margin", "square")
 """White-box attacks with both losses plus the gradient-free check; the worst case per sample is kept."""
@@ -28,4 +30,9 @@ def get_attack(name: str, **changes) -> Attack:
     """The preset ``name`` with fields replaced by ``changes`` (e.g. ``norm="l2"``, ``steps=100``)."""
     if name not in PRESETS:
         raise ValueError(f"unknown attack {name!r}; attacks are {sorted(PRESETS)}")
+    if changes.get("norm") is not None and (changes["norm"] == "edits") != (PRESETS[name].norm == "edits"):
+        raise ValueError(
+            f"norm {changes['norm']!r} does not fit attack {name!r}: the edits budget goes with "
+            "the 'edits' attack and only with it"
+        )
     return replace(PRESETS[name], **changes) if changes else PRESETS[name]
