@@ -17,8 +17,9 @@ import numpy as np
 import pandas as pd
 
 from metashield.data import FeaturePipeline
+from metashield.data.errors import DataFormatError
 from metashield.data.schema import FeatureSpec, ThreatSchema
-from metashield.data.strict_csv import CsvCells, CsvFormatError, check_names, number_column, read_csv_cells
+from metashield.data.strict_csv import CsvCells, check_names, number_column, read_csv_cells
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ def _check_header(table: CsvCells, columns: list[str], label_column: str, label_
     if not problems:
         return
     label = f"the label column {label_column!r}" + ("" if label_required else " (optional)")
-    raise CsvFormatError(
+    raise DataFormatError(
         f"{table.source}: line 1 (header): {'; '.join(problems)}; expected the run's raw feature columns "
         f"{columns} and {label}"
     )

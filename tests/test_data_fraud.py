@@ -18,8 +18,8 @@ from metashield.data import BENIGN, TabularData
 from metashield.data import creditcard as cc
 from metashield.data.archive import ArchiveError
 from metashield.data.download import fetch, file_sha256
+from metashield.data.errors import DataFormatError
 from metashield.data.registry import get_spec
-from metashield.data.strict_csv import CsvFormatError
 
 HEADER = ",".join(f'"{name}"' for name in cc.COLUMNS)
 """The published header: every name in double quotes."""
@@ -72,13 +72,13 @@ def test_parts_concatenate_with_time_as_timestamp_and_fraud_family(tmp_path: Pat
 def test_malformed_line_names_part_line_and_column(tmp_path: Path, bad: str, match: str) -> None:
     first = [line(1, 0), line(2, 1), bad]
     folder = write_parts(tmp_path / "cc", [first, *VALID[1:]])
-    with pytest.raises(CsvFormatError, match=re.escape(str(folder / cc.PARTS[0])) + ": " + match):
+    with pytest.raises(DataFormatError, match=re.escape(str(folder / cc.PARTS[0])) + ": " + match):
         cc.load_creditcard(folder)
 
 
 def test_time_going_back_within_a_part_is_an_error(tmp_path: Path) -> None:
     folder = write_parts(tmp_path / "cc", [[line(1, 5), line(2, 4)], *VALID[1:]])
-    with pytest.raises(CsvFormatError, match=r"line 3, column 'Time': '4' is negative or earlier"):
+    with pytest.raises(DataFormatError, match=r"line 3, column 'Time': '4' is negative or earlier"):
         cc.load_creditcard(folder)
 
 
@@ -92,7 +92,7 @@ def test_time_going_back_within_a_part_is_an_error(tmp_path: Path) -> None:
 def test_a_part_must_continue_the_previous_one(tmp_path: Path, second: list[str], match: str) -> None:
     first = [line(1, 0), line(4, 5)]
     folder = write_parts(tmp_path / "cc", [first, second, [line(20, 9)]])
-    with pytest.raises(CsvFormatError, match=re.escape(str(folder / cc.PARTS[1])) + ": " + match):
+    with pytest.raises(DataFormatError, match=re.escape(str(folder / cc.PARTS[1])) + ": " + match):
         cc.load_creditcard(folder)
 
 
@@ -100,7 +100,7 @@ def test_header_must_be_exact(tmp_path: Path) -> None:
     folder = write_parts(tmp_path / "cc", VALID)
     text = HEADER.replace('"Amount"', '"amount"') + "\n" + line(1, 0) + "\n"
     (folder / cc.PARTS[2]).write_bytes(gzip.compress(text.encode()))
-    with pytest.raises(CsvFormatError, match=r"line 1 \(header\), column 31: 'amount', expected 'Amount'"):
+    with pytest.raises(DataFormatError, match=r"line 1 \(header\), column 31: 'amount', expected 'Amount'"):
         cc.load_creditcard(folder)
 
 

@@ -15,6 +15,7 @@ from conftest import shared_data
 from metashield.data import SequenceData, get_spec
 from metashield.data.archive import read_zip_member
 from metashield.data.download import file_sha256, load_dataset
+from metashield.data.errors import DataFormatError
 from metashield.data.mal_api import (
     CALLS_MEMBER,
     MAL_API_CALLS,
@@ -23,7 +24,6 @@ from metashield.data.mal_api import (
     TYPES_MEMBER,
     load_mal_api,
 )
-from metashield.data.strict_csv import CsvFormatError
 
 INDEX = "a=0\nb=1\n\nd=3\n"  # like the real file, a blank line stands for an id without a name (2)
 CALLS = "1,0,3\n3\n"
@@ -84,7 +84,7 @@ def test_windows_line_ends_and_a_missing_final_newline_are_accepted(tmp_path: Pa
 def test_malformed_calls_name_file_line_and_call(tmp_path: Path, calls: str, match: str) -> None:
     folder = mal_api_folder(tmp_path, calls=calls)
     source = re.escape(f"{folder / MAL_API_CALLS}[{CALLS_MEMBER}]")
-    with pytest.raises(CsvFormatError, match=f"{source}: {match}"):
+    with pytest.raises(DataFormatError, match=f"{source}: {match}"):
         load_mal_api(folder)
 
 
@@ -100,7 +100,7 @@ def test_malformed_calls_name_file_line_and_call(tmp_path: Path, calls: str, mat
 def test_malformed_types_name_file_and_line(tmp_path: Path, types: str, match: str) -> None:
     folder = mal_api_folder(tmp_path, types=types)
     source = re.escape(f"{folder / MAL_API_TYPES}[{TYPES_MEMBER}]")
-    with pytest.raises(CsvFormatError, match=f"{source}: {match}"):
+    with pytest.raises(DataFormatError, match=f"{source}: {match}"):
         load_mal_api(folder)
 
 
@@ -108,7 +108,7 @@ def test_types_that_are_not_utf8_name_the_line(tmp_path: Path) -> None:
     folder = mal_api_folder(tmp_path)
     with zipfile.ZipFile(folder / MAL_API_TYPES, "w") as archive:
         archive.writestr(TYPES_MEMBER, b"Adware\nW\xffrms\n")
-    with pytest.raises(CsvFormatError, match=r"100_types.txt\]: line 2: not UTF-8 text"):
+    with pytest.raises(DataFormatError, match=r"100_types.txt\]: line 2: not UTF-8 text"):
         load_mal_api(folder)
 
 
@@ -126,7 +126,7 @@ def test_types_that_are_not_utf8_name_the_line(tmp_path: Path) -> None:
 )
 def test_malformed_index_names_file_and_line(tmp_path: Path, index: str, match: str) -> None:
     folder = mal_api_folder(tmp_path, index=index)
-    with pytest.raises(CsvFormatError, match=re.escape(str(folder / MAL_API_INDEX)) + ": " + match):
+    with pytest.raises(DataFormatError, match=re.escape(str(folder / MAL_API_INDEX)) + ": " + match):
         load_mal_api(folder)
 
 

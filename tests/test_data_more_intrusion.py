@@ -13,8 +13,8 @@ from loader_checks import assert_pipeline_works, assert_within_schema
 
 from metashield.data import BENIGN, TabularData
 from metashield.data.archive import ArchiveError
-from metashield.data.delimited import DataFormatError
 from metashield.data.download import fetch
+from metashield.data.errors import DataFormatError
 from metashield.data.kdd99 import COLUMNS as KDD_COLUMNS
 from metashield.data.kdd99 import KDD99_GZ, load_kdd99
 from metashield.data.nsl_kdd import FEATURES as KDD_FEATURES

@@ -13,8 +13,8 @@ from conftest import shared_data
 from loader_checks import assert_pipeline_works, assert_within_schema
 
 from metashield.data import BENIGN, TabularData
-from metashield.data.delimited import DataFormatError
 from metashield.data.download import load_dataset
+from metashield.data.errors import DataFormatError
 from metashield.data.registry import get_spec
 from metashield.data.sms_spam import SMS_SPAM_FILE, hash_features, load_sms_spam, read_sms_spam
 

@@ -13,8 +13,8 @@ from loader_checks import assert_pipeline_works, assert_within_schema
 
 from metashield.data import BENIGN, TabularData
 from metashield.data.archive import ArchiveError
-from metashield.data.delimited import DataFormatError
 from metashield.data.download import load_dataset
+from metashield.data.errors import DataFormatError
 from metashield.data.phishing import FEATURES as PHISHING_FEATURES
 from metashield.data.phishing import PHISHING_GZ, load_phishing
 from metashield.data.registry import get_spec

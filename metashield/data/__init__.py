@@ -2,6 +2,7 @@
 sequences), and turn rows into features."""
 
 from metashield.data.download import DownloadError, fetch, load_dataset
+from metashield.data.errors import DataFormatError
 from metashield.data.nsl_kdd import load_nsl_kdd, read_nsl_kdd_file
 from metashield.data.preprocess import FeaturePipeline
 from metashield.data.registry import REGISTRY, DatasetSpec, RemoteFile, data_home, get_spec, mirrors
@@ -13,6 +14,7 @@ __all__ = [
     "BENIGN",
     "REGISTRY",
     "BadRowError",
+    "DataFormatError",
     "DatasetSpec",
     "DownloadError",
     "FeaturePipeline",

@@ -178,7 +178,7 @@ Subsystem); header fields are bounded by their WORD/DWORD/BYTE sizes, flags by {
 def read_clamp_csv(path: str | os.PathLike) -> TabularData:
     """A CSV file in the ``ClaMP_Integrated`` format as ``TabularData`` (family ``malware`` or ``BENIGN``).
 
-    Blank lines are skipped. Raises ``CsvFormatError`` naming the file, line and column for another
+    Blank lines are skipped. Raises ``DataFormatError`` naming the file, line and column for another
     header, a field that is not a number (or not a whole number outside the entropy columns), an empty
     ``packer_type`` or a label other than 0 and 1.
     """

@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from metashield.data.errors import DataFormatError
 from metashield.data.gzip_file import read_gzip
 from metashield.data.schema import FeatureSpec, ThreatSchema
-from metashield.data.strict_csv import CsvFormatError, check_header, number_column, read_csv_cells
+from metashield.data.strict_csv import check_header, number_column, read_csv_cells
 from metashield.data.types import BENIGN, TabularData
 
 logger = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ are an abstraction of the transaction's other properties); Amount is bounded bel
 def read_creditcard_part(raw: bytes, source: str) -> pd.DataFrame:
     """The 32 columns of one part (decompressed CSV bytes) as a frame; ``source`` names it in errors.
 
-    Raises ``CsvFormatError`` naming the part, line and column for another header, a field that is not a
+    Raises ``DataFormatError`` naming the part, line and column for another header, a field that is not a
     finite number, a ``row_id`` that is not a whole number above the previous row's, a ``Time`` that is
     negative or earlier than the previous row's, a negative ``Amount`` or a ``Class`` other than 0 and 1.
     """
@@ -101,7 +102,7 @@ def _check_order(previous: pd.DataFrame, frame: pd.DataFrame, source: str) -> No
     for name in ("row_id", "Time"):
         last, first = previous[name].iloc[-1], frame[name].iloc[0]
         if first < last or (name == "row_id" and first == last):
-            raise CsvFormatError(
+            raise DataFormatError(
                 f"{source}: line 2, column {name!r}: {first:g} does not follow {last:g} at the end of the "
                 "previous part"
             )

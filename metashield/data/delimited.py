@@ -14,9 +14,7 @@ from collections.abc import Collection, Sequence
 import numpy as np
 import pandas as pd
 
-
-class DataFormatError(ValueError):
-    """A data file does not have its documented layout; the message names the file, line and column."""
+from metashield.data.errors import DataFormatError
 
 
 def split_first_line(raw: bytes, source: str) -> tuple[bytes, bytes]:

@@ -23,14 +23,8 @@ import numpy as np
 import pandas as pd
 
 from metashield.data.android import binary_feature_schema
-from metashield.data.strict_csv import (
-    CsvCells,
-    CsvFormatError,
-    binary_block,
-    check_names,
-    number_column,
-    read_csv_cells,
-)
+from metashield.data.errors import DataFormatError
+from metashield.data.strict_csv import CsvCells, binary_block, check_names, number_column, read_csv_cells
 from metashield.data.types import TabularData
 
 logger = logging.getLogger(__name__)
@@ -71,12 +65,12 @@ def months(year: np.ndarray, month: np.ndarray) -> np.ndarray:
 def read_family_counts(path: str | os.PathLike) -> dict[int, tuple[str, int]]:
     """Family id -> (family name, number of samples) from a ``drebin_count.csv``-format file.
 
-    Raises ``CsvFormatError`` naming the file, line and column for another header, an id that is not a
+    Raises ``DataFormatError`` naming the file, line and column for another header, an id that is not a
     unique whole number >= 0, an empty or repeated family name, or a count that is not a whole number >= 0.
     """
     table = read_csv_cells(Path(path).read_bytes(), str(path))
     if table.header != COUNT_HEADER:
-        raise CsvFormatError(f"{path}: line 1 is {list(table.header)}, expected {list(COUNT_HEADER)}")
+        raise DataFormatError(f"{path}: line 1 is {list(table.header)}, expected {list(COUNT_HEADER)}")
     ids = number_column(table, 0, integer=True)
     numbers = number_column(table, 2, integer=True)
     counts: dict[int, tuple[str, int]] = {}
@@ -142,7 +136,7 @@ def _check_numbers(family_ids: np.ndarray, counts: dict[int, tuple[str, int]], c
     observed = dict(zip(ids.astype(int).tolist(), found.tolist(), strict=True))
     for line, (family_id, (name, number)) in enumerate(counts.items(), start=2):
         if observed.get(family_id, 0) != number:
-            raise CsvFormatError(
+            raise DataFormatError(
                 f"{count_source}: line {line}, column 'number': family {name!r} (index {family_id}) has "
                 f"number {number}, but the input file has {observed.get(family_id, 0)} rows with that id"
             )
@@ -152,7 +146,7 @@ def read_drebin_families(input_path: str | os.PathLike, count_path: str | os.Pat
     """Any input/count file pair in the ``drebin_input.csv``/``drebin_count.csv`` format, as ``TabularData``.
 
     The input file has a header of feature names followed by ``family`` (the integer id) and ``name``
-    (``<corpus>_<family>_<YYYYMM>_<hash>.txt``); every feature cell is 0 or 1. Raises ``CsvFormatError``
+    (``<corpus>_<family>_<YYYYMM>_<hash>.txt``); every feature cell is 0 or 1. Raises ``DataFormatError``
     naming the file, line and column when a cell breaks that format, an id is not in the count file, a
     name's family differs from its id's, a name repeats, or a family's row count differs from its number.
     """
@@ -161,7 +155,7 @@ def read_drebin_families(input_path: str | os.PathLike, count_path: str | os.Pat
     table = read_csv_cells(Path(input_path).read_bytes(), source)
     header = table.header
     if len(header) < 3 or header[-2:] != (FAMILY_COLUMN, NAME_COLUMN):
-        raise CsvFormatError(
+        raise DataFormatError(
             f"{source}: line 1 ends with {list(header[-2:])}, expected feature columns then "
             f"{[FAMILY_COLUMN, NAME_COLUMN]}"
         )

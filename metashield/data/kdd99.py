@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from metashield.data.delimited import DataFormatError, parse_rows
+from metashield.data.delimited import parse_rows
+from metashield.data.errors import DataFormatError
 from metashield.data.gzip_file import read_gzip
 from metashield.data.nsl_kdd import (
     CATEGORICAL,

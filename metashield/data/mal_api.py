@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from metashield.data.archive import read_zip_member
+from metashield.data.errors import DataFormatError
 from metashield.data.sequences import SequenceData
-from metashield.data.strict_csv import CsvFormatError
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ _INDEX_LINE = re.compile(r"(?P<name>[^=\s]+)=(?P<id>\d+)")
 def read_api_index(path: str | os.PathLike) -> dict[int, str]:
     """API id -> name from an ``ApiIndex.txt``-format file (``name=id`` lines; blank lines are skipped).
 
-    Raises ``CsvFormatError`` naming the file and line for a line that is not ``name=id``, an id above
+    Raises ``DataFormatError`` naming the file and line for a line that is not ``name=id``, an id above
     ``MAX_API_ID``, or an id or name that an earlier line already gave.
     """
     names: dict[int, str] = {}
@@ -66,24 +66,24 @@ def read_api_index(path: str | os.PathLike) -> dict[int, str]:
         where = f"{path}: line {number}"
         match = _INDEX_LINE.fullmatch(line)
         if match is None:
-            raise CsvFormatError(
+            raise DataFormatError(
                 f"{where}: {line[:80]!r} is not name=id, expected an API name, '=', a number"
             )
         api_id, name = int(match["id"]), match["name"]
         if api_id > MAX_API_ID:
-            raise CsvFormatError(f"{where}: id {api_id} is above the largest allowed, {MAX_API_ID}")
+            raise DataFormatError(f"{where}: id {api_id} is above the largest allowed, {MAX_API_ID}")
         if api_id in names:
-            raise CsvFormatError(
+            raise DataFormatError(
                 f"{where}: id {api_id} repeats, expected a new id ({names[api_id]!r} has it)"
             )
         if name in line_of_name:
-            raise CsvFormatError(
+            raise DataFormatError(
                 f"{where}: name {name!r} repeats line {line_of_name[name]}, expected a new name"
             )
         names[api_id] = name
         line_of_name[name] = number
     if not names:
-        raise CsvFormatError(f"{path}: no name=id lines, expected an API index")
+        raise DataFormatError(f"{path}: no name=id lines, expected an API index")
     return names
 
 
@@ -101,24 +101,24 @@ def _split_lines(data: bytes) -> list[bytes]:
 
 
 def _text_lines(data: bytes, source: str) -> list[str]:
-    """The lines of a UTF-8 text file; raises ``CsvFormatError`` naming the first line that is not UTF-8."""
+    """The lines of a UTF-8 text file; raises ``DataFormatError`` naming the first line that is not UTF-8."""
     lines = []
     for number, line in enumerate(_split_lines(data), start=1):
         try:
             lines.append(line.decode("utf-8"))
         except UnicodeDecodeError as exc:
-            raise CsvFormatError(f"{source}: line {number}: not UTF-8 text ({exc.reason})") from None
+            raise DataFormatError(f"{source}: line {number}: not UTF-8 text ({exc.reason})") from None
     return lines
 
 
 def parse_calls(line: bytes, where: str) -> np.ndarray:
     """int64 [k] the comma-separated ids of one line of a calls file, parsed by numpy on the whole line.
 
-    ``where`` starts each message (file and line). Raises ``CsvFormatError`` for an empty line or a token
+    ``where`` starts each message (file and line). Raises ``DataFormatError`` for an empty line or a token
     that is not 1 to ``MAX_DIGITS`` digits, giving its 1-based position.
     """
     if not line:
-        raise CsvFormatError(f"{where}: empty line, expected comma-separated API ids")
+        raise DataFormatError(f"{where}: empty line, expected comma-separated API ids")
     buf = np.frombuffer(line, dtype=np.uint8)
     comma = buf == ord(",")
     commas = np.flatnonzero(comma)
@@ -131,7 +131,7 @@ def parse_calls(line: bytes, where: str) -> np.ndarray:
     if bad.any():
         k = int(bad.argmax())
         token = line[starts[k] : starts[k] + lengths[k]].decode("utf-8", errors="replace")
-        raise CsvFormatError(
+        raise DataFormatError(
             f"{where}, call {k + 1}: {token[:40]!r} is not an API id, expected 1 to {MAX_DIGITS} digits"
         )
     values = np.zeros(len(starts), dtype=np.int64)
@@ -145,7 +145,7 @@ def parse_calls(line: bytes, where: str) -> np.ndarray:
 def read_call_sequences(zip_path: str | os.PathLike, names: dict[int, str]) -> list[np.ndarray]:
     """int32 [k] ids of each line of the calls file in ``zip_path``, every id a key of ``names``.
 
-    Raises ``CsvFormatError`` naming the file, line and call position for an empty line, a token that is
+    Raises ``DataFormatError`` naming the file, line and call position for an empty line, a token that is
     not an integer, or an id the index does not name.
     """
     source = f"{zip_path}[{CALLS_MEMBER}]"
@@ -154,7 +154,7 @@ def read_call_sequences(zip_path: str | os.PathLike, names: dict[int, str]) -> l
     named[list(names)] = True
     lines = _split_lines(read_zip_member(zip_path, CALLS_MEMBER))
     if not lines:
-        raise CsvFormatError(f"{source}: no lines, expected one API-call sequence per line")
+        raise DataFormatError(f"{source}: no lines, expected one API-call sequence per line")
     sequences = []
     for number, line in enumerate(lines, start=1):
         where = f"{source}: line {number}"
@@ -162,7 +162,7 @@ def read_call_sequences(zip_path: str | os.PathLike, names: dict[int, str]) -> l
         unknown = ~named[np.minimum(ids, len(named) - 1)]
         if unknown.any():
             k = int(unknown.argmax())
-            raise CsvFormatError(f"{where}, call {k + 1}: API id {ids[k]} is not named in {MAL_API_INDEX}")
+            raise DataFormatError(f"{where}, call {k + 1}: API id {ids[k]} is not named in {MAL_API_INDEX}")
         sequences.append(ids.astype(np.int32))
     return sequences
 
@@ -170,23 +170,23 @@ def read_call_sequences(zip_path: str | os.PathLike, names: dict[int, str]) -> l
 def read_types(zip_path: str | os.PathLike, expected: int, calls_source: str) -> np.ndarray:
     """object [expected] the malware type on each line of the types file in ``zip_path``.
 
-    Raises ``CsvFormatError`` naming the file and line for an empty or space-padded type, or when the
+    Raises ``DataFormatError`` naming the file and line for an empty or space-padded type, or when the
     file has another number of lines than the ``expected`` sequences of ``calls_source``.
     """
     source = f"{zip_path}[{TYPES_MEMBER}]"
     labels = _text_lines(read_zip_member(zip_path, TYPES_MEMBER), source)
     if len(labels) < expected:
-        raise CsvFormatError(
+        raise DataFormatError(
             f"{source}: ends after line {len(labels)}, expected {expected} lines, one per line of "
             f"{calls_source}"
         )
     if len(labels) > expected:
-        raise CsvFormatError(
+        raise DataFormatError(
             f"{source}: line {expected + 1} is past the last of the {expected} lines of {calls_source}"
         )
     for number, label in enumerate(labels, start=1):
         if not label or label != label.strip():
-            raise CsvFormatError(
+            raise DataFormatError(
                 f"{source}: line {number}: {label!r}, expected a type name without spaces around it"
             )
     return np.array(labels, dtype=object)

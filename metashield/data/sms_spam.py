@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 from sklearn.feature_extraction.text import HashingVectorizer
 
-from metashield.data.delimited import DataFormatError
+from metashield.data.errors import DataFormatError
 from metashield.data.schema import FeatureSpec, ThreatSchema
 from metashield.data.types import BENIGN, TabularData
 

@@ -17,9 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-
-class CsvFormatError(ValueError):
-    """A data file breaks its documented format; the message names the file, the line and the column."""
+from metashield.data.errors import DataFormatError
 
 
 @dataclass(frozen=True)
@@ -37,9 +35,9 @@ class CsvCells:
     lines: np.ndarray
     blank_lines: int
 
-    def error(self, row: int, column: int, problem: str) -> CsvFormatError:
-        """A ``CsvFormatError`` for data row ``row`` (0-based) and header position ``column``."""
-        return CsvFormatError(
+    def error(self, row: int, column: int, problem: str) -> DataFormatError:
+        """A ``DataFormatError`` for data row ``row`` (0-based) and header position ``column``."""
+        return DataFormatError(
             f"{self.source}: line {int(self.lines[row])}, column {self.header[column]!r}: {problem}"
         )
 
@@ -48,14 +46,14 @@ def read_csv_cells(raw: bytes, source: str, *, skip_blank_lines: bool = False) -
     """Split ``raw`` (UTF-8 CSV text with a header line) into cells, checking every row's field count.
 
     skip_blank_lines: skip empty lines (some published files contain them) instead of raising.
-    Raises ``CsvFormatError`` naming ``source`` and the line for text that is not UTF-8, an empty header,
+    Raises ``DataFormatError`` naming ``source`` and the line for text that is not UTF-8, an empty header,
     no data rows, a row whose field count differs from the header's, a blank line (unless skipped) or
     broken quoting.
     """
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise CsvFormatError(f"{source}: not UTF-8 text (byte {exc.start}): {exc.reason}") from exc
+        raise DataFormatError(f"{source}: not UTF-8 text (byte {exc.start}): {exc.reason}") from exc
     # The csv module rather than pandas: pandas pads short rows with NaN and skips blank lines silently,
     # and only the csv module knows where each record starts when a quoted field spans lines.
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
@@ -65,25 +63,25 @@ def read_csv_cells(raw: bytes, source: str, *, skip_blank_lines: bool = False) -
     try:
         header = next(reader, None)
         if not header or not any(name.strip() for name in header):
-            raise CsvFormatError(f"{source}: line 1 is empty, expected a header naming the columns")
+            raise DataFormatError(f"{source}: line 1 is empty, expected a header naming the columns")
         previous_end = reader.line_num
         for record in reader:
             start, previous_end = previous_end + 1, reader.line_num
             if not record:
                 if not skip_blank_lines:
-                    raise CsvFormatError(f"{source}: line {start} is empty, expected {len(header)} fields")
+                    raise DataFormatError(f"{source}: line {start} is empty, expected {len(header)} fields")
                 blank += 1
                 continue
             if len(record) != len(header):
-                raise CsvFormatError(
+                raise DataFormatError(
                     f"{source}: line {start} has {len(record)} fields, expected {len(header)} like the header"
                 )
             records.append(record)
             starts.append(start)
     except csv.Error as exc:
-        raise CsvFormatError(f"{source}: line {reader.line_num}: not valid CSV: {exc}") from exc
+        raise DataFormatError(f"{source}: line {reader.line_num}: not valid CSV: {exc}") from exc
     if not records:
-        raise CsvFormatError(f"{source}: no data rows after the header")
+        raise DataFormatError(f"{source}: no data rows after the header")
     # dtype=object: a fixed-width str array would give every cell the width of the longest one.
     cells = np.empty((len(records), len(header)), dtype=object)
     cells[:] = records
@@ -125,23 +123,23 @@ def check_header(table: CsvCells, expected: Sequence[str]) -> None:
     if table.header == tuple(expected):
         return
     if len(table.header) != len(expected):
-        raise CsvFormatError(
+        raise DataFormatError(
             f"{table.source}: line 1 (header) has {len(table.header)} columns, expected {len(expected)}"
         )
     position = next(
         i for i, (got, want) in enumerate(zip(table.header, expected, strict=True)) if got != want
     )
-    raise CsvFormatError(
+    raise DataFormatError(
         f"{table.source}: line 1 (header), column {position + 1}: {table.header[position]!r}, "
         f"expected {expected[position]!r}"
     )
 
 
 def check_names(header: Sequence[str], source: str) -> None:
-    """Every header name non-empty and unique; raises ``CsvFormatError`` naming the first offender."""
+    """Every header name non-empty and unique; raises ``DataFormatError`` naming the first offender."""
     for position, name in enumerate(header, start=1):
         if not name.strip():
-            raise CsvFormatError(f"{source}: line 1 (header), column {position}: empty column name")
+            raise DataFormatError(f"{source}: line 1 (header), column {position}: empty column name")
     duplicated = sorted({name for name in header if header.count(name) > 1})
     if duplicated:
-        raise CsvFormatError(f"{source}: line 1 (header) names columns {duplicated} more than once")
+        raise DataFormatError(f"{source}: line 1 (header) names columns {duplicated} more than once")

@@ -26,7 +26,8 @@ import numpy as np
 import pandas as pd
 
 from metashield.data.android import binary_feature_schema
-from metashield.data.strict_csv import CsvFormatError, binary_block, read_csv_cells
+from metashield.data.errors import DataFormatError
+from metashield.data.strict_csv import binary_block, read_csv_cells
 from metashield.data.types import BENIGN, TabularData
 
 logger = logging.getLogger(__name__)
@@ -55,20 +56,20 @@ SOURCE = "Android permissions and API calls (TUANDROMD, Borah et al. CICT 2020):
 def feature_names(header: Sequence[str], source: str) -> list[str]:
     """The header's feature names with the k-th repeat of a name renamed ``<name>.<k>`` (as pandas does).
 
-    Raises ``CsvFormatError`` for an empty name, or a renamed repeat that equals another column's name
+    Raises ``DataFormatError`` for an empty name, or a renamed repeat that equals another column's name
     (the two columns would become indistinguishable).
     """
     seen: dict[str, int] = {}
     names = []
     for position, name in enumerate(header, start=1):
         if not name.strip():
-            raise CsvFormatError(f"{source}: line 1 (header), column {position}: empty column name")
+            raise DataFormatError(f"{source}: line 1 (header), column {position}: empty column name")
         repeat = seen.get(name, 0)
         seen[name] = repeat + 1
         names.append(f"{name}.{repeat}" if repeat else name)
     if len(set(names)) < len(names):
         clash = next(name for name in names if names.count(name) > 1)
-        raise CsvFormatError(
+        raise DataFormatError(
             f"{source}: line 1 (header): renaming a repeated column name gives {clash!r}, which another "
             "column already has"
         )
@@ -80,20 +81,20 @@ def read_tuandromd_csv(path: str | os.PathLike) -> TabularData:
 
     The header names 241 features then ``Label``; feature cells are 0 or 1, labels ``malware`` or
     ``goodware``. Rows with an empty field are dropped and counted in a logged warning. Raises
-    ``CsvFormatError`` naming the file, line and column for any other header or cell.
+    ``DataFormatError`` naming the file, line and column for any other header or cell.
     """
     source = str(path)
     table = read_csv_cells(Path(path).read_bytes(), source)
     header = table.header
     if len(header) != N_FEATURES + 1 or header[-1] != LABEL:
-        raise CsvFormatError(
+        raise DataFormatError(
             f"{source}: line 1 (header) has {len(header)} columns ending with {header[-1]!r}, expected "
             f"{N_FEATURES} features then {LABEL!r}"
         )
     features = feature_names(header[:-1], source)
     missing = (table.cells == "").any(axis=1)
     if missing.all():
-        raise CsvFormatError(f"{source}: every one of the {len(missing)} data rows has an empty field")
+        raise DataFormatError(f"{source}: every one of the {len(missing)} data rows has an empty field")
     if missing.any():
         first_line = int(table.lines[np.flatnonzero(missing)[0]])
         logger.warning(

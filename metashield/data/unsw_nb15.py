@@ -15,13 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from metashield.data.delimited import (
-    DataFormatError,
-    check_allowed,
-    check_header,
-    parse_rows,
-    split_first_line,
-)
+from metashield.data.delimited import check_allowed, check_header, parse_rows, split_first_line
+from metashield.data.errors import DataFormatError
 from metashield.data.schema import FeatureSpec, ThreatSchema
 from metashield.data.types import BENIGN, TabularData
 
