@@ -13,6 +13,7 @@ Two threat models on the run's meta-test episodes (the ones ``evaluate`` scores)
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,11 +38,15 @@ from metashield.evaluation.metrics import (
 )
 from metashield.evaluation.protocol import build_episode_sets
 from metashield.evaluation.robust import pool_sanity, robust_evaluate
+from metashield.meta import ProtoNet
 from metashield.workflow import _load_model, load_run
 
 log = logging.getLogger(__name__)
 
 GRADIENT_LEARNERS = ("maml", "fomaml", "metasgd", "anil", "reptile")
+QUERY_ONLY_LEARNERS = ("protonet",)
+"""Attacked after adaptation (query threat) only: the support and end-to-end threats optimise through an
+inner loop of gradient steps, which a prototypical network does not have."""
 THREATS = ("query", "support", "end-to-end")
 
 
@@ -59,16 +64,18 @@ def _constraints(kind: str, prep) -> Constraints:
     raise ValueError(f"constraints must be 'default' (the dataset's threat schema) or 'none', got {kind!r}")
 
 
-def _learners(run_dir: Path, config, prep, meta: dict, methods: Sequence[str] | None, shots: int, device):
-    """name -> learner with ``adapt``/``predict``: trained gradient meta-learners and the tuned fine-tune."""
+def _learners(
+    run_dir: Path, config, prep, meta: dict, methods: Sequence[str] | None, shots: int, device, threat: str
+):
+    """name -> learner with ``adapt``/``predict``: trained meta-learners (ProtoNet for the query threat only)
+    and the tuned fine-tune."""
     in_dim = int(meta["in_dim"])
     metrics_path = run_dir / "metrics.json"
     metrics = {}
     if metrics_path.is_file():
-        import json
-
         metrics = json.loads(metrics_path.read_text(encoding="utf-8")).get("shots", {}).get(str(shots), {})
-    available = [a for a in config.train.algorithms if a in GRADIENT_LEARNERS and has_checkpoint(run_dir, a)]
+    attackable = GRADIENT_LEARNERS + (QUERY_ONLY_LEARNERS if threat == "query" else ())
+    available = [a for a in config.train.algorithms if a in attackable and has_checkpoint(run_dir, a)]
     if methods is None:
         best = metrics.get("best_meta_learner")
         methods = [best if best in available else available[0]] if available else []
@@ -89,9 +96,10 @@ def _learners(run_dir: Path, config, prep, meta: dict, methods: Sequence[str] | 
         elif name in available:
             learners[name] = _load_model(config, in_dim, run_dir, name, name).to(device)
         else:
+            why = " (ProtoNet has no inner loop to attack through)" if name in QUERY_ONLY_LEARNERS else ""
             raise ValueError(
-                f"method {name!r} cannot be attacked in {run_dir}: methods are 'finetune' and the trained "
-                f"gradient meta-learners {available}"
+                f"method {name!r} cannot be attacked in {run_dir} under the {threat} threat{why}: "
+                f"methods are 'finetune' and the trained meta-learners {available}"
             )
     if not learners:
         raise ValueError(f"{run_dir}: no gradient meta-learner checkpoint to attack")
@@ -137,7 +145,7 @@ def attack_run(
     config, prep, meta = load_run(run_dir)
     seed = config.seed if seed is None else seed
     device = resolve_device(config.device)
-    learners = _learners(run_dir, config, prep, meta, methods, shots, device)
+    learners = _learners(run_dir, config, prep, meta, methods, shots, device, threat)
     feasible = _constraints(constraints, prep)
     sets = build_episode_sets(
         prep.X,
@@ -211,7 +219,7 @@ def _query_threat(learner, sets, feasible, names, eps, norm, seed, *, sanity: bo
                 lambda x, params=params: learner.predict(params, x),
                 qx[:, benign],
                 qx[:, ~benign],
-                layers=mlp_layers(learner.model, params),
+                layers=None if isinstance(learner, ProtoNet) else mlp_layers(learner.model, params),
                 constraints=feasible,
                 eps=eps,
                 attacks=names,

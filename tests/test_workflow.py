@@ -190,6 +190,18 @@ def test_cli_attack_lowers_detection_and_names_unattackable_methods(synthetic_ru
     assert "eps must be a finite number >= 0" in capsys.readouterr().err
 
 
+def test_protonet_is_attacked_after_adaptation_but_not_through_it(synthetic_run, capsys):
+    run, _ = synthetic_run
+    base = ["attack", "--run", str(run), "--episodes", "2", "--methods", "protonet"]
+    assert main([*base, "--attack", "pgd", "--eps", "3.0", "--out-name", "proto.json"]) == 0
+    r = json.loads((run / "proto.json").read_text())["methods"]["protonet"]
+    # Prototype distances are differentiable in the query: a 3-sigma L-inf budget must cost detections.
+    assert r["robust_tpr@1%fpr"]["3.0"]["mean"] < r["clean_tpr@1%fpr"]["mean"] - 0.2, r
+    assert sum(r["violations"].values()) == 0
+    assert main([*base, "--attack", "end-to-end", "--eps", "1.0"]) == 2
+    assert "ProtoNet has no inner loop to attack through" in capsys.readouterr().err
+
+
 def test_cli_end_to_end_attack_through_adaptation(synthetic_run, capsys):
     run, _ = synthetic_run
     args = ["attack", "--run", str(run), "--episodes", "2", "--methods", "maml", "--attack", "end-to-end"]
