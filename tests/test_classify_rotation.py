@@ -168,3 +168,32 @@ def test_detection_refuses_a_sequence_dataset(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(experiment, "load_dataset", lambda name: ordered_motif_families())
     with pytest.raises(ValueError, match="detection needs a tabular dataset.*metashield classify"):
         experiment.load_raw(load_config(None, ["data.dataset=mal-api"]))
+
+
+def test_mal_api_smoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """configs/mal_api.yaml's protocol on the real traces, one fold, tiny budgets."""
+    import os
+
+    from metashield.classify import load_classify_config
+    from tests.conftest import shared_data
+
+    data = shared_data()
+    monkeypatch.setenv("METASHIELD_MIRROR", f"file://{data}")
+    monkeypatch.setenv("METASHIELD_DATA", os.environ.get("METASHIELD_DATA", str(tmp_path / "cache")))
+    cfg = load_classify_config(Path(__file__).parents[1] / "configs" / "mal_api.yaml").model_dump(mode="json")
+    cfg.update(
+        device="cpu",
+        folds=[2],
+        algorithms=["protonet"],
+        steps=10,
+        eval_every=5,
+        val_episodes=5,
+        test_episodes=10,
+        pretrain_steps=0,
+        sequence={**cfg["sequence"], "max_len": 64},
+    )
+    report = classify_run(cfg, tmp_path / "run")
+    fold = report["folds"][0]
+    assert fold["split"]["test"] == ["Downloader", "Dropper", "Spyware"] and len(fold["split"]["train"]) == 5
+    assert set(report["results"]["5"]["protonet"]["family_acc"]) == {"Downloader", "Dropper", "Spyware"}
+    assert report["results"]["5"]["logreg"]["acc"] > 1 / 3  # call counts of the first 64 calls beat chance
