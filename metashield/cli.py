@@ -295,7 +295,10 @@ def build_parser() -> argparse.ArgumentParser:
         "'end-to-end' (each query is also a support row; gradients flow through its adaptation)",
     )
     at.add_argument(
-        "--eps", type=_csv_floats, default=[0.05, 0.1, 0.2], help="budgets in z-units, e.g. 0.05,0.1"
+        "--eps",
+        type=_csv_floats,
+        default=[0.05, 0.1, 0.2],
+        help="budgets in z-units, e.g. 0.05,0.1; whole edits for --attack edits, e.g. 1,3,10",
     )
     at.add_argument(
         "--norm", choices=["linf", "l2", "edits"], help="default: edits for --attack edits, else linf"
