@@ -119,11 +119,19 @@ def test_pool_folds_averages_each_family_over_the_folds_that_held_it_out() -> No
         }
 
     cfg = ClassifyConfig.model_validate({**ROTATE, "folds": None})
-    pooled = pool_folds([fold(0, {"a": 0.2, "b": 0.6}), fold(1, {"b": 1.0, "c": 0.5})], cfg)
+    first, second = fold(0, {"a": 0.2, "b": 0.6}), fold(1, {"b": 1.0, "c": 0.5})
+    second["best_meta_learner"] = "protonet"
+    second["results"]["5"]["protonet"] = {"acc": 0.25, "family_acc": {"b": 0.4, "c": 0.1}}
+    first["results"]["5"]["protonet"] = {"acc": 0.0, "family_acc": {"a": 0.0, "b": 0.0}}
+    pooled = pool_folds([first, second], cfg)
     r = pooled["results"]["5"]["maml"]
     assert r["family_acc"] == pytest.approx({"a": 0.2, "b": 0.8, "c": 0.5})
     assert r["acc"] == pytest.approx(0.5)
     assert r["ci_lo"] <= 0.5 <= r["ci_hi"] and r["fold_acc"] == pytest.approx([0.4, 0.75])
+    # best-meta follows each fold's meta-val choice: maml in fold 0, protonet in fold 1.
+    best = pooled["results"]["5"]["best-meta"]
+    assert best["family_acc"] == pytest.approx({"a": 0.2, "b": 0.5, "c": 0.1})
+    assert best["fold_acc"] == pytest.approx([0.4, 0.25])
 
 
 @pytest.fixture(scope="module")

@@ -280,14 +280,19 @@ def run_fold(
 
 def pool_folds(folds: list[dict], cfg: ClassifyConfig) -> dict[str, Any]:
     """Pool rotation folds per held-out family: a family's accuracy is the mean over the folds that held it
-    out, and the CI resamples families, then folds (``family_bootstrap_ci``)."""
+    out, and the CI resamples families, then folds (``family_bootstrap_ci``). ``best-meta`` takes, in each
+    fold, the meta-learner that fold chose on meta-val."""
+    best = [f["best_meta_learner"] for f in folds]
     results: dict[str, dict] = {}
     for shot in folds[0]["results"]:
         results[shot] = {}
-        for method in folds[0]["results"][shot]:
+        methods = {m: [m] * len(folds) for m in folds[0]["results"][shot]}
+        if None not in best:
+            methods["best-meta"] = best
+        for method, per_fold in methods.items():
             by_family: dict[str, list[float]] = {}
-            for f in folds:
-                for fam, acc in f["results"][shot][method]["family_acc"].items():
+            for f, m in zip(folds, per_fold, strict=True):
+                for fam, acc in f["results"][shot][m]["family_acc"].items():
                     by_family.setdefault(fam, []).append(acc)
             mean, lo, hi = family_bootstrap_ci(
                 {k: np.asarray(v) for k, v in by_family.items()}, seed=cfg.seed
@@ -297,9 +302,8 @@ def pool_folds(folds: list[dict], cfg: ClassifyConfig) -> dict[str, Any]:
                 "ci_lo": lo,
                 "ci_hi": hi,
                 "family_acc": {k: float(np.mean(v)) for k, v in by_family.items()},
-                "fold_acc": [f["results"][shot][method]["acc"] for f in folds],
+                "fold_acc": [f["results"][shot][m]["acc"] for f, m in zip(folds, per_fold, strict=True)],
             }
-    best = [f["best_meta_learner"] for f in folds]
     return {
         "dataset": cfg.dataset,
         "ways": cfg.ways,
