@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from metashield._atomic import atomic_write_json
+from metashield._atomic import atomic_write_json, check_file_name
 from metashield.attacks.constraints import Constraints, box_constraints, compile_constraints
 from metashield.attacks.fast_mlp import mlp_layers
 from metashield.attacks.presets import DEFAULT_ENSEMBLE, PRESETS, get_attack
@@ -136,6 +136,7 @@ def attack_run(
     every attack but ``edits``).
     """
     run_dir = Path(run_dir)
+    check_file_name(out_name, "out_name")
     if norm is None:
         norm = PRESETS[attack].norm if attack in PRESETS else "linf"
     if threat not in THREATS:

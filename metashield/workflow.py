@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from metashield._atomic import atomic_write_json
+from metashield._atomic import atomic_write_json, check_file_name
 from metashield.attacks.constraints import compile_constraints
 from metashield.attacks.poisoning import backdoor, flip_labels, make_trigger, poison_batch
 from metashield.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
@@ -265,6 +265,7 @@ def evaluate_run(
 ) -> dict:
     """Tune on meta-val, then score every method on identical meta-test episodes; writes ``metrics.json``."""
     run_dir = Path(run_dir)
+    check_file_name(out_name, "out_name")
     config, prep, meta = load_run(run_dir)
     ec = config.evaluate
     shots = shots or ec.shots
