@@ -21,8 +21,9 @@ def _raw(pipeline: FeaturePipeline, z: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
+@pytest.mark.parametrize("attack,eps", [("pgd", 3.0), ("edits", 10)])
 @pytest.mark.parametrize("name", DATASETS)
-def test_pgd_under_the_schema_keeps_rows_valid(name, nsl_kdd_mirror, monkeypatch):
+def test_attacks_under_the_schema_keep_rows_valid(name, attack, eps, nsl_kdd_mirror, monkeypatch):
     for key, value in nsl_kdd_mirror.items():
         monkeypatch.setenv(key, value)
     data = load_dataset(name)
@@ -34,18 +35,16 @@ def test_pgd_under_the_schema_keeps_rows_valid(name, nsl_kdd_mirror, monkeypatch
     torch.manual_seed(0)
     model = MLP(x0.shape[1], (32,), 2)
     y = torch.ones(len(rows), dtype=torch.int64)
-    eps = 3.0
+    method = get_attack(attack)
     x, _ = perturb(
-        classifier_objective(model, y, "margin"),
-        x0,
-        attack=get_attack("pgd"),
-        eps=eps,
-        constraints=constraints,
+        classifier_objective(model, y, "margin"), x0, attack=method, eps=eps, constraints=constraints
     )
-    assert constraints.violations(x, x0, eps) == dict.fromkeys(
+    assert constraints.violations(x, x0, eps, method.norm) == dict.fromkeys(
         ["ball", "immutable", "bounds", "integer", "one_hot"], 0
     )
     assert (x - x0).abs().amax() > 0.5, "the attack did not move"
+    if attack == "edits":
+        assert (constraints.edit_count(x, x0) <= eps).all() and constraints.edit_count(x, x0).max() >= 1
     raw = _raw(pipeline, x.numpy())
     inside = np.abs(x.numpy()) < pipeline.clip - 1e-4
     for j, (column, value, _, _, _) in enumerate(pipeline.feature_sources()):
