@@ -86,7 +86,7 @@ def _window_counts(tokens: np.ndarray, vocab_size: int) -> pd.DataFrame:
 
 def _first_copies(data: SequenceData) -> SequenceData:
     """Each exact duplicate trace of a family kept once: a copy in the support and another in the query would
-    be scored as learning when it is a lookup (Mal-API's 808 traces hold 22 duplicates). Copies under two
+    be scored as learning when it is a lookup (Mal-API's 808 traces hold 21 such copies). Copies under two
     families are left to ``drop_conflicting_rows``, which removes all of them."""
     seen: set[tuple[str, bytes]] = set()
     keep = np.zeros(len(data.calls), dtype=bool)
