@@ -13,7 +13,17 @@ from metashield.data import BENIGN
 from metashield.experiment import prepare
 
 # Detection configs; drebin_families.yaml configures N-way family classification (tests/test_classify.py).
-CONFIGS = sorted(p for p in (REPO / "configs").glob("*.yaml") if p.stem != "drebin_families")
+CLASSIFY_CONFIGS = ("drebin_families", "mal_api")
+"""Family-classification configs (``metashield classify``); every other config is a detection config."""
+CONFIGS = sorted(p for p in (REPO / "configs").glob("*.yaml") if p.stem not in CLASSIFY_CONFIGS)
+
+
+@pytest.mark.parametrize("stem", CLASSIFY_CONFIGS)
+def test_classify_configs_are_valid_and_name_a_registered_dataset(stem: str):
+    from metashield.classify import load_classify_config
+    from metashield.data import REGISTRY
+
+    assert load_classify_config(REPO / "configs" / f"{stem}.yaml").dataset in REGISTRY
 
 
 def test_every_registered_detection_dataset_has_a_config():
