@@ -15,8 +15,8 @@ import torch
 
 from metashield.device import resolve_device
 from metashield.evaluation.baselines import learner_scorer
-from metashield.evaluation.protocol import build_episode_sets, mean_metric, run_protocol
-from metashield.workflow import _load_model, load_run
+from metashield.evaluation.protocol import mean_metric, run_protocol
+from metashield.workflow import _load_model, load_run, tuning_episode_sets
 
 
 def main() -> None:
@@ -27,23 +27,12 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     config, prep, meta = load_run(args.run)
-    ec, device = config.evaluate, resolve_device("cpu")
+    device = resolve_device("cpu")
     for algo in args.algorithms.split(","):
         learner = _load_model(config, int(meta["in_dim"]), args.run, algo, algo).eval()
         trained = learner.inner_steps
         for k in (1, 5, 10):
-            val = build_episode_sets(
-                prep.X,
-                prep.family,
-                prep.split.val,
-                prep.benign["val"],
-                n_episodes=ec.tune_episodes,
-                seed=config.seed + 11,
-                shots=k,
-                attack_queries=ec.attack_queries,
-                benign_queries=ec.benign_queries,
-                device=device,
-            )
+            val = tuning_episode_sets(config, prep, k, device)
             scores = []
             for steps in (trained, 2 * trained, 4 * trained):
                 learner.inner_steps = steps

@@ -256,6 +256,23 @@ def _tune(grid: list[dict], make, val_sets, label: str) -> tuple[dict, float, li
     )
 
 
+def tuning_episode_sets(config: Config, prep, shots: int, device: torch.device) -> dict:
+    """The meta-val episodes every hyper-parameter and the best methods are chosen on, at ``shots``."""
+    ec = config.evaluate
+    return build_episode_sets(
+        prep.X,
+        prep.family,
+        prep.split.val,
+        prep.benign["val"],
+        shots=shots,
+        n_episodes=ec.tune_episodes,
+        attack_queries=ec.attack_queries,
+        benign_queries=ec.benign_queries,
+        seed=config.seed + 11,
+        device=device,
+    )
+
+
 def evaluate_run(
     run_dir: str | Path,
     *,
@@ -315,15 +332,7 @@ def evaluate_run(
             benign_queries=ec.benign_queries,
             device=device,
         )
-        val_sets = build_episode_sets(
-            prep.X,
-            prep.family,
-            prep.split.val,
-            prep.benign["val"],
-            n_episodes=ec.tune_episodes,
-            seed=config.seed + 11,
-            **common,
-        )
+        val_sets = tuning_episode_sets(config, prep, k, device)
         tuned, methods, val_scores = {}, {}, {}
         for a, learner in learners.items():
             methods[a] = learner_scorer(learner)
