@@ -24,9 +24,9 @@ float32, ``--threads`` intra-op threads. Every method attacks 4,096 samples per 
 * ``tasks loop``: the same 16 tasks attacked one ``perturb`` call each, with that task's parameters.
 
 Rounds are interleaved (every round runs every method once, in alternating order, to cancel drift) after one
-untimed warm-up call each; the figure is the median over rounds. Peak memory is the growth of the peak RSS
-over one call (Linux), measured for each method in a subprocess of its own so that one method's high-water
-mark cannot hide another's.
+untimed warm-up call each; the rate is the median over rounds, and each ratio the median over rounds of
+that round's ratio. Peak memory is the growth of the peak RSS over one call (Linux), measured for each
+method in a subprocess of its own so that one method's high-water mark cannot hide another's.
 
     python benchmarks/attack_throughput.py                       # 5 rounds
     python benchmarks/attack_throughput.py --rounds 1 --out out.json
@@ -273,15 +273,23 @@ def main(argv: list[str] | None = None) -> int:
         peak = {m: peak_memory(cfg, m) for m in methods}
 
     rate = {m: SAMPLES / statistics.median(ts) for m, ts in times.items()}
+
+    def ratio_to(ref: str, m: str) -> float | None:
+        # The median of per-round ratios: the calls of one round run within seconds of each other, so the
+        # machine's speed drifting between rounds (by up to 20% on a shared host) cancels out of each ratio.
+        if ref not in times:
+            return None
+        return statistics.median(a / b for a, b in zip(times[ref], times[m], strict=True))
+
     rows = []
     head = "| method | samples/s | vs torchattacks | vs ART | vs loop | peak RSS Δ MiB |"
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
     for m in methods:
         ratio = {
-            "torchattacks": rate[m] / rate["torchattacks"] if "torchattacks" in rate else None,
-            "art": rate[m] / rate["art"] if "art" in rate else None,
-            "loop": rate[m] / rate["tasks loop"] if m.startswith("tasks") else None,
+            "torchattacks": ratio_to("torchattacks", m),
+            "art": ratio_to("art", m),
+            "loop": ratio_to("tasks loop", m) if m.startswith("tasks") else None,
         }
         rows.append(
             {

@@ -301,3 +301,52 @@ def test_closed_form_mlp_gradient_equals_autograd_shared_and_per_task(loss):
     a, _ = perturb(fast, x, attack=get_attack("apgd-ce", loss=loss), eps=0.3, constraints=box)
     b, _ = perturb(ref, x, attack=get_attack("apgd-ce", loss=loss), eps=0.3, constraints=box)
     torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("per_task", [False, True])
+def test_restricted_mlp_objective_equals_the_full_one_where_the_attack_can_move(per_task):
+    """``MLPObjective.restrict`` precomputes the first layer's share of the immutable columns: values and
+    the free columns' gradient must equal the full objective's, and the engine must land on the same
+    adversarial examples as the autograd path under a schema that freezes most columns."""
+    import dataclasses
+
+    from metashield.attacks.fast_mlp import MLPObjective, mlp_layers
+    from metashield.meta import MAML
+    from metashield.models import MLP
+
+    torch.manual_seed(1)
+    d = 21  # 7 free columns: the read width is rounded up to 16 with fixed columns of zero weight
+    model = MLP(d, (32, 16), 2).double()
+    x = torch.randn(3, 9, d, dtype=torch.float64)
+    y = torch.randint(0, 2, (3, 9))
+    mutable = torch.zeros(d, dtype=torch.bool)
+    mutable[[0, 3, 4, 9, 15, 16, 20]] = True
+    if per_task:
+        learner = MAML(model, inner_lr=0.3, inner_steps=2)
+        with torch.no_grad():
+            support = torch.randn(3, 6, d, dtype=torch.float64)
+            params = learner.adapt(support, torch.tensor([[0, 0, 0, 1, 1, 1]] * 3))
+        layers, forward = mlp_layers(model, params), (lambda z: learner.predict(params, z))
+    else:
+        layers, forward = mlp_layers(model), model
+    full = MLPObjective(layers, y, "ce")
+    restricted = full.restrict(x, mutable)
+    # Any point that keeps the fixed columns at x: same loss, score and free-column gradient.
+    moved = torch.where(mutable, x + torch.randn_like(x), x)
+    want = full.value_and_grad(moved)
+    got = restricted.value_and_grad(moved)
+    for a, b in zip(got[:2], want[:2], strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    torch.testing.assert_close(got[2][..., mutable], want[2][..., mutable], rtol=0, atol=1e-12)
+    assert not got[2][..., ~mutable].any()
+    with pytest.raises(ValueError, match="already restricted"):
+        restricted.restrict(x, mutable)
+    # Through the engine (which restricts L∞ attacks on its own) against autograd on the full model.
+    box = box_constraints(d, dtype=torch.float64)
+    frozen = dataclasses.replace(box, mutable=mutable)
+    reference = classifier_objective(forward, y, "ce")
+    for name in ("pgd", "apgd-ce"):
+        a, _ = perturb(full, x, attack=get_attack(name), eps=0.3, constraints=frozen)
+        b, _ = perturb(reference, x, attack=get_attack(name), eps=0.3, constraints=frozen)
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+        assert torch.equal(a[..., ~mutable], x[..., ~mutable])

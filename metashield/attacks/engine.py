@@ -30,7 +30,8 @@ from metashield.attacks.constraints import Constraints, check_eps, check_norm
 
 Objective = Callable[[Tensor], tuple[Tensor, Tensor]]
 """x [..., D] -> (loss to ascend, score the attacker wants low), both of the unit shape. An objective may
-also offer ``value_and_grad(x) -> (loss, score, d sum(loss)/dx)``, used instead of autograd
+also offer ``value_and_grad(x) -> (loss, score, d sum(loss)/dx)``, used instead of autograd, and
+``restrict(x0, columns)``, a copy specialised to inputs that move only in ``columns``
 (``attacks.fast_mlp``)."""
 
 LOSSES = ("ce", "margin")
@@ -131,6 +132,12 @@ class _Run:
         constraints: Constraints,
         free: Tensor | None,
     ) -> None:
+        # Sign steps and edits never use the gradient of an immutable column, and the projection holds those
+        # columns at x0, so an objective that can (``MLPObjective.restrict``) skips their share of the work.
+        # L2 steps normalise the whole gradient, so they keep the full objective.
+        restrict = getattr(objective, "restrict", None)
+        if restrict is not None and attack.norm != "l2" and not bool(constraints.mutable.all()):
+            objective = restrict(x0, constraints.mutable)
         self.objective, self.x0, self.eps, self.attack = objective, x0, eps, attack
         self.constraints = constraints
         self.free = None if free is None else free.unsqueeze(-1)
