@@ -54,7 +54,10 @@ def _config_args(p: argparse.ArgumentParser) -> None:
         help="override a config value, e.g. --set train.steps=500 (repeatable)",
     )
     p.add_argument(
-        "--seed", type=int, help="seed for splits, initialisation and episodes (bit-for-bit on CPU)"
+        "--seed",
+        type=int,
+        help="seed for initialisation, training and evaluation episodes (bit-for-bit on CPU); the family "
+        "split and benign slices follow split.seed",
     )
     p.add_argument(
         "--device", choices=["auto", "cpu", "cuda"], help="where to train (default: the config's, auto)"

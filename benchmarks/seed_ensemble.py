@@ -1,0 +1,178 @@
+"""Seed ensembles: average the scores of one meta-learner trained with several seeds on the same family split.
+
+    python benchmarks/seed_ensemble.py --runs runs/quality                  # after few_shot_quality.py
+    python benchmarks/seed_ensemble.py --runs runs/quality --algorithm maml
+
+For each split, the runs ``split<s>_seed<t>`` of ``benchmarks/few_shot_quality.py`` share the family split,
+the benign slices and the fitted pipeline (both depend on ``split.seed`` only; checked here), and differ in
+the training seed. The ensemble adapts every member on the support set and averages their logit margins
+z_attack - z_benign. It is scored on each run's own meta-val and meta-test episodes (those are seeded by the
+training seed), next to that run's single model, whose per-family figures must reproduce ``metrics.json``
+exactly — the check that the episodes are the ones ``metashield evaluate`` used. It then joins the run's
+meta-learners as one more candidate for the val-chosen best meta-learner, and the pooled table is
+recomputed with ``few_shot_quality.pool``. Nothing is chosen on test families. An ensemble of n members
+costs n times the meta-training and the adaptation of one model.
+
+Writes ``seed_ensemble.json`` and ``seed_ensemble.md`` under ``--runs``; ``metrics.json`` is never touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from few_shot_quality import markdown, pool  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
+
+from metashield._atomic import atomic_write_json, atomic_write_text  # noqa: E402
+from metashield.device import resolve_device  # noqa: E402
+from metashield.evaluation.baselines import Scorer, learner_scorer  # noqa: E402
+from metashield.evaluation.protocol import build_episode_sets, mean_metric, run_protocol  # noqa: E402
+from metashield.evaluation.report import summarise_method  # noqa: E402
+from metashield.workflow import _load_model, load_run, tuning_episode_sets  # noqa: E402
+
+METRIC = "tpr@1%fpr"
+
+
+def ensemble_scorer(members: list[Scorer]) -> Scorer:
+    """Mean of the members' scores [E, M]: each adapts on the same support set."""
+
+    def score(sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor) -> np.ndarray:
+        return np.mean([m(sx, sy, qx) for m in members], axis=0)
+
+    return score
+
+
+def ensemble_split(runs: list[Path], algorithm: str, name: str) -> list[dict]:
+    """``metrics.json`` of each run, extended with the ensemble of every run's ``algorithm``."""
+    loaded = [load_run(r) for r in runs]
+    first = loaded[0][2]
+    for r, (_, _, meta) in zip(runs[1:], loaded[1:], strict=True):
+        for key in ("split", "pipeline", "feature_names"):
+            if meta[key] != first[key]:
+                raise SystemExit(f"{r} and {runs[0]} differ in {key!r}: not the same family split")
+    device = resolve_device(loaded[0][0].device)
+    learners = [
+        _load_model(config, int(meta["in_dim"]), r, algorithm, algorithm).to(device)
+        for r, (config, _, meta) in zip(runs, loaded, strict=True)
+    ]
+    ensemble = ensemble_scorer([learner_scorer(m) for m in learners])
+    out = []
+    for r, (config, prep, _), learner in zip(runs, loaded, learners, strict=True):
+        report = copy.deepcopy(json.loads((r / "metrics.json").read_text(encoding="utf-8")))
+        ec, protocol = config.evaluate, report["protocol"]
+        for shot, entry in report["shots"].items():
+            k = int(shot)
+            val = run_protocol({name: ensemble}, tuning_episode_sets(config, prep, k, device))[name]
+            entry["val_tpr@1%fpr"][name] = mean_metric(val)
+            test_sets = build_episode_sets(
+                prep.X,
+                prep.family,
+                prep.split.test,
+                prep.benign["test"],
+                shots=k,
+                n_episodes=protocol["episodes_per_family"],
+                attack_queries=ec.attack_queries,
+                benign_queries=ec.benign_queries,
+                seed=config.seed,
+                device=device,
+            )
+            methods = {name: ensemble, algorithm: learner_scorer(learner)}
+            per_episode = run_protocol(methods, test_sets, seed=config.seed, base_rate=ec.base_rate)
+            single = summarise_method(per_episode[algorithm], seed=config.seed)["per_family"]
+            recorded = entry["summary"][algorithm]["per_family"]
+            for fam, row in recorded.items():
+                if abs(single[fam][METRIC] - row[METRIC]) > 1e-9:
+                    raise SystemExit(
+                        f"{r}: {k}-shot {algorithm} on {fam} gives {single[fam][METRIC]:.6f}, metrics.json "
+                        f"says {row[METRIC]:.6f}: these are not the episodes `metashield evaluate` used"
+                    )
+            entry["summary"][name] = summarise_method(per_episode[name], seed=config.seed)
+            candidates = [*config.train.algorithms, name]
+            entry["best_meta_learner"] = max(candidates, key=lambda a: entry["val_tpr@1%fpr"][a])
+            print(
+                f"{r.name} {k}-shot: {name} val {100 * entry['val_tpr@1%fpr'][name]:.1f} "
+                f"(single {100 * entry['val_tpr@1%fpr'][algorithm]:.1f}), test "
+                f"{100 * entry['summary'][name][METRIC]['mean']:.1f} "
+                f"(single {100 * entry['summary'][algorithm][METRIC]['mean']:.1f}); "
+                f"best meta on val: {entry['best_meta_learner']}",
+                flush=True,
+            )
+        out.append(report)
+    return out
+
+
+def paired_gain(reports: list[dict], name: str, single: str) -> dict:
+    """Per shot: the ensemble minus its single member, mean over (run, family) units, bootstrap 95% CI."""
+    rng = np.random.default_rng(0)
+    out = {}
+    for shot in sorted(reports[0]["shots"], key=int):
+        diff = np.array(
+            [
+                row[METRIC] - rep["shots"][shot]["summary"][single]["per_family"][fam][METRIC]
+                for rep in reports
+                for fam, row in rep["shots"][shot]["summary"][name]["per_family"].items()
+            ]
+        )
+        draws = rng.choice(diff, size=(4000, len(diff)), replace=True).mean(axis=1)
+        out[shot] = {
+            "mean": float(diff.mean()),
+            "lo": float(np.percentile(draws, 2.5)),
+            "hi": float(np.percentile(draws, 97.5)),
+        }
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--runs", type=Path, default=Path("runs/quality"))
+    parser.add_argument("--splits", default="0,1,2")
+    parser.add_argument("--seeds", default="0,1,2", help="the members: training seeds of each split")
+    parser.add_argument("--algorithm", default="metasgd")
+    args = parser.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    if len(seeds) < 2:
+        parser.error("an ensemble needs at least two seeds")
+    name = f"{args.algorithm}-ens{len(seeds)}"
+    started = time.time()
+    reports = []
+    for split in (int(s) for s in args.splits.split(",")):
+        runs = [args.runs / f"split{split}_seed{s}" for s in seeds]
+        for rep, seed in zip(ensemble_split(runs, args.algorithm, name), seeds, strict=True):
+            rep["protocol"]["split_seed"], rep["protocol"]["train_seed"] = split, seed
+            reports.append(rep)
+    pooled = pool(reports)
+    args.seeds = ",".join(map(str, seeds))
+    text = markdown(pooled, reports, args)
+    gain = paired_gain(reports, name, args.algorithm)
+    text += f"\n{name}: mean logit margin of {args.algorithm} trained with seeds {args.seeds}; "
+    text += (
+        f"{(time.time() - started) / 60:.1f} min\n\n{name} − {args.algorithm} (paired per run and family): "
+    )
+    text += ", ".join(
+        f"{s}-shot {100 * g['mean']:+.1f} [{100 * g['lo']:+.1f}, {100 * g['hi']:+.1f}]"
+        for s, g in gain.items()
+    )
+    text += "\n"
+    print(text)
+    atomic_write_json(
+        args.runs / "seed_ensemble.json",
+        {"pooled": pooled, "ensemble": name, "ensemble_minus_single": gain, "reports": reports},
+    )
+    atomic_write_text(args.runs / "seed_ensemble.md", text)
+
+
+if __name__ == "__main__":
+    main()
