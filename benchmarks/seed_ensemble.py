@@ -37,9 +37,9 @@ from few_shot_quality import markdown, pool  # noqa: E402  (benchmarks/ is on sy
 from metashield._atomic import atomic_write_json, atomic_write_text  # noqa: E402
 from metashield.device import resolve_device  # noqa: E402
 from metashield.evaluation.baselines import Scorer, learner_scorer  # noqa: E402
-from metashield.evaluation.protocol import build_episode_sets, mean_metric, run_protocol  # noqa: E402
+from metashield.evaluation.protocol import mean_metric, run_protocol  # noqa: E402
 from metashield.evaluation.report import summarise_method  # noqa: E402
-from metashield.workflow import _load_model, load_run, tuning_episode_sets  # noqa: E402
+from metashield.workflow import _load_model, held_out_episode_sets, load_run, tuning_episode_sets  # noqa: E402
 
 METRIC = "tpr@1%fpr"
 
@@ -70,23 +70,13 @@ def ensemble_split(runs: list[Path], algorithm: str, name: str) -> list[dict]:
     out = []
     for r, (config, prep, _), learner in zip(runs, loaded, learners, strict=True):
         report = copy.deepcopy(json.loads((r / "metrics.json").read_text(encoding="utf-8")))
-        ec, protocol = config.evaluate, report["protocol"]
+        ec = config.evaluate
         for shot, entry in report["shots"].items():
             k = int(shot)
             val = run_protocol({name: ensemble}, tuning_episode_sets(config, prep, k, device))[name]
             entry["val_tpr@1%fpr"][name] = mean_metric(val)
-            test_sets = build_episode_sets(
-                prep.X,
-                prep.family,
-                prep.split.test,
-                prep.benign["test"],
-                shots=k,
-                n_episodes=protocol["episodes_per_family"],
-                attack_queries=ec.attack_queries,
-                benign_queries=ec.benign_queries,
-                seed=config.seed,
-                device=device,
-            )
+            n_episodes = report["protocol"]["episodes_per_family"]
+            test_sets = held_out_episode_sets(config, prep, k, n_episodes, device)
             methods = {name: ensemble, algorithm: learner_scorer(learner)}
             per_episode = run_protocol(methods, test_sets, seed=config.seed, base_rate=ec.base_rate)
             single = summarise_method(per_episode[algorithm], seed=config.seed)["per_family"]

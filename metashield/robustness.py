@@ -36,10 +36,9 @@ from metashield.evaluation.metrics import (
     threshold_at_fpr,
     tpr_at_fpr,
 )
-from metashield.evaluation.protocol import build_episode_sets
 from metashield.evaluation.robust import pool_sanity, robust_evaluate
 from metashield.meta import ProtoNet
-from metashield.workflow import _load_model, load_run
+from metashield.workflow import _load_model, held_out_episode_sets, load_run
 
 log = logging.getLogger(__name__)
 
@@ -148,18 +147,7 @@ def attack_run(
     device = resolve_device(config.device)
     learners = _learners(run_dir, config, prep, meta, methods, shots, device, threat)
     feasible = _constraints(constraints, prep)
-    sets = build_episode_sets(
-        prep.X,
-        prep.family,
-        prep.split.test,
-        prep.benign["test"],
-        shots=shots,
-        n_episodes=episodes,
-        attack_queries=config.evaluate.attack_queries,
-        benign_queries=config.evaluate.benign_queries,
-        seed=config.seed,
-        device=device,
-    )
+    sets = held_out_episode_sets(config, prep, shots, episodes, device)
     report: dict = {
         "run": str(run_dir),
         "threat": threat,

@@ -273,6 +273,26 @@ def tuning_episode_sets(config: Config, prep, shots: int, device: torch.device) 
     )
 
 
+def held_out_episode_sets(config: Config, prep, shots: int, n_episodes: int, device: torch.device) -> dict:
+    """The meta-test episodes of a run at ``shots``: held-out families against the benign test slice.
+
+    Every method that reports on a run's test families (``evaluate``, ``attack``) scores these same episodes.
+    """
+    ec = config.evaluate
+    return build_episode_sets(
+        prep.X,
+        prep.family,
+        prep.split.test,
+        prep.benign["test"],
+        shots=shots,
+        n_episodes=n_episodes,
+        attack_queries=ec.attack_queries,
+        benign_queries=ec.benign_queries,
+        seed=config.seed,
+        device=device,
+    )
+
+
 def evaluate_run(
     run_dir: str | Path,
     *,
@@ -326,12 +346,6 @@ def evaluate_run(
     }
     tables = []
     for k in shots:
-        common = dict(
-            shots=k,
-            attack_queries=ec.attack_queries,
-            benign_queries=ec.benign_queries,
-            device=device,
-        )
         val_sets = tuning_episode_sets(config, prep, k, device)
         tuned, methods, val_scores = {}, {}, {}
         for a, learner in learners.items():
@@ -347,15 +361,7 @@ def evaluate_run(
         best_meta = max(learners, key=lambda a: val_scores[a])
         best_base = max(ec.baselines, key=lambda b: val_scores[b]) if ec.baselines else None
 
-        test_sets = build_episode_sets(
-            prep.X,
-            prep.family,
-            prep.split.test,
-            prep.benign["test"],
-            n_episodes=n_episodes,
-            seed=config.seed,
-            **common,
-        )
+        test_sets = held_out_episode_sets(config, prep, k, n_episodes, device)
         if not test_sets:
             raise ValueError(f"{k}-shot: no meta-test family has at least {k + 1} rows")
         per_episode = run_protocol(methods, test_sets, seed=config.seed, base_rate=ec.base_rate)
