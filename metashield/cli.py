@@ -307,7 +307,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--norm", choices=["linf", "l2", "edits"], help="default: edits for --attack edits, else linf"
     )
     at.add_argument("--constraints", choices=["default", "none"], default="default")
-    at.add_argument("--methods", type=lambda t: [m for m in t.split(",") if m], help="e.g. maml,finetune")
+    at.add_argument(
+        "--methods",
+        type=lambda t: [m for m in t.split(",") if m],
+        help="trained meta-learners and finetune; knn and logreg too for query attacks "
+        "(default: the meta-val choice and finetune)",
+    )
     at.add_argument("--shots", type=int, default=5)
     at.add_argument("--episodes", type=int, default=10, help="episodes per held-out family")
     at.add_argument("--fraction", type=float, default=0.2, help="support: share of malicious support rows")

@@ -28,7 +28,11 @@ from metashield.attacks.presets import DEFAULT_ENSEMBLE, PRESETS, get_attack
 from metashield.attacks.support import MODES, adaptive_query_attack, poison_support
 from metashield.checkpoint import has_checkpoint
 from metashield.device import resolve_device
-from metashield.evaluation.baselines import finetune_learner
+from metashield.evaluation.baselines import (
+    LogisticRegressionLearner,
+    NearestNeighbourLearner,
+    finetune_learner,
+)
 from metashield.evaluation.metrics import (
     bootstrap_ci,
     family_bootstrap_ci,
@@ -46,6 +50,9 @@ GRADIENT_LEARNERS = ("maml", "fomaml", "metasgd", "anil", "reptile")
 QUERY_ONLY_LEARNERS = ("protonet",)
 """Attacked after adaptation (query threat) only: the support and end-to-end threats optimise through an
 inner loop of gradient steps, which a prototypical network does not have."""
+QUERY_ONLY_BASELINES = ("knn", "logreg")
+"""1-NN and logistic regression on the support set (``metashield evaluate``'s baselines, logistic regression
+with its meta-val-tuned C): attacked after adaptation only, since scikit-learn's fit has no gradient."""
 THREATS = ("query", "support", "end-to-end")
 
 
@@ -66,8 +73,8 @@ def _constraints(kind: str, prep) -> Constraints:
 def _learners(
     run_dir: Path, config, prep, meta: dict, methods: Sequence[str] | None, shots: int, device, threat: str
 ):
-    """name -> learner with ``adapt``/``predict``: trained meta-learners (ProtoNet for the query threat only)
-    and the tuned fine-tune."""
+    """name -> learner with ``adapt``/``predict``: trained meta-learners and the tuned fine-tune; for the
+    query threat also ProtoNet, 1-NN and logistic regression."""
     in_dim = int(meta["in_dim"])
     metrics_path = run_dir / "metrics.json"
     metrics = {}
@@ -82,7 +89,18 @@ def _learners(
             methods.append("finetune")
     learners = {}
     for name in methods:
-        if name == "finetune":
+        if name in QUERY_ONLY_BASELINES and threat == "query":
+            tuned = metrics.get("tuned_baselines", {}).get(name)
+            if name == "logreg" and tuned is None:
+                raise FileNotFoundError(
+                    f"{metrics_path}: no tuned logistic regression at {shots} shots; run "
+                    f"`metashield evaluate --run {run_dir} --shots {shots}` first"
+                )
+            if name == "logreg":
+                learners[name] = LogisticRegressionLearner(tuned["params"]["C"])
+            else:
+                learners[name] = NearestNeighbourLearner()
+        elif name == "finetune":
             tuned = metrics.get("tuned_baselines", {}).get("finetune")
             if tuned is None:
                 raise FileNotFoundError(
@@ -96,15 +114,23 @@ def _learners(
             learners[name] = _load_model(config, in_dim, run_dir, name, name).to(device)
         else:
             why = " (ProtoNet has no inner loop to attack through)" if name in QUERY_ONLY_LEARNERS else ""
+            if name in QUERY_ONLY_BASELINES:
+                why = " (scikit-learn's fit on the support set has no gradient)"
+            others = "'finetune', 'knn', 'logreg'" if threat == "query" else "'finetune'"
             raise ValueError(
                 f"method {name!r} cannot be attacked in {run_dir} under the {threat} threat{why}: "
-                f"methods are 'finetune' and the trained meta-learners {available}"
+                f"methods are {others} and the trained meta-learners {available}"
             )
     if not learners:
         raise ValueError(f"{run_dir}: no gradient meta-learner checkpoint to attack")
     for learner in learners.values():
         learner.eval()
     return learners
+
+
+def _is_mlp_learner(learner) -> bool:
+    """Whether ``learner.predict`` is its model's forward with adapted weights (closed-form attack path)."""
+    return hasattr(learner, "model") and not isinstance(learner, ProtoNet)
 
 
 def _chunks(n: int, size: int) -> list[slice]:
@@ -208,7 +234,7 @@ def _query_threat(learner, sets, feasible, names, eps, norm, seed, *, sanity: bo
                 lambda x, params=params: learner.predict(params, x),
                 qx[:, benign],
                 qx[:, ~benign],
-                layers=None if isinstance(learner, ProtoNet) else mlp_layers(learner.model, params),
+                layers=mlp_layers(learner.model, params) if _is_mlp_learner(learner) else None,
                 constraints=feasible,
                 eps=eps,
                 attacks=names,

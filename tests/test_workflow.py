@@ -184,8 +184,8 @@ def test_cli_attack_lowers_detection_and_names_unattackable_methods(synthetic_ru
         clean = r["clean_tpr@1%fpr"]["mean"]
         weak, strong = (r["robust_tpr@1%fpr"][e]["mean"] for e in ("0.3", "3.0"))
         assert strong <= weak <= clean and strong < clean - 0.2, (method, clean, weak, strong)
-    assert main(["attack", "--run", str(run), "--methods", "knn"]) == 2
-    assert "cannot be attacked" in capsys.readouterr().err
+    assert main(["attack", "--run", str(run), "--attack", "support", "--methods", "knn"]) == 2
+    assert "scikit-learn's fit on the support set has no gradient" in capsys.readouterr().err
     assert main(["attack", "--run", str(run), "--eps", "-1"]) == 2
     assert "eps must be a finite number >= 0" in capsys.readouterr().err
 
@@ -200,6 +200,20 @@ def test_protonet_is_attacked_after_adaptation_but_not_through_it(synthetic_run,
     assert sum(r["violations"].values()) == 0
     assert main([*base, "--attack", "end-to-end", "--eps", "1.0"]) == 2
     assert "ProtoNet has no inner loop to attack through" in capsys.readouterr().err
+
+
+def test_knn_and_logreg_baselines_are_attacked_after_adaptation(synthetic_run, capsys):
+    run, _ = synthetic_run
+    base = ["attack", "--run", str(run), "--episodes", "2", "--methods", "knn,logreg"]
+    assert main([*base, "--attack", "pgd", "--eps", "0.3,3.0", "--out-name", "baselines.json"]) == 0
+    report = json.loads((run / "baselines.json").read_text())["methods"]
+    for method in ("knn", "logreg"):
+        r = report[method]
+        clean = r["clean_tpr@1%fpr"]["mean"]
+        weak, strong = (r["robust_tpr@1%fpr"][e]["mean"] for e in ("0.3", "3.0"))
+        # Both are differentiable in the query: a 3-sigma budget must cost detections.
+        assert strong <= weak <= clean and strong < clean - 0.2, (method, clean, weak, strong)
+        assert sum(r["violations"].values()) == 0, method
 
 
 def test_cli_end_to_end_attack_through_adaptation(synthetic_run, capsys):

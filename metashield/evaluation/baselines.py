@@ -96,6 +96,50 @@ def logreg_scorer(C: float) -> Scorer:
     return score
 
 
+class NearestNeighbourLearner(nn.Module):
+    """``knn_scorer`` as a learner (``adapt``/``predict``), so evasion attacks can take its gradient.
+
+    ``adapt`` keeps the support set; ``predict`` gives logits [T, M, 2] = (−d_benign, −d_attack), minus the
+    Euclidean distances to the nearest benign and attack support rows: their margin is ``knn_scorer``'s score.
+    """
+
+    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"support_x": support_x, "support_y": support_y}
+
+    def predict(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        # The direct formula, not cdist's matmul shortcut: its cancellation error would shift near distances.
+        d = (x.unsqueeze(2) - params["support_x"].unsqueeze(1)).pow(2).sum(-1).clamp_min(1e-30).sqrt()
+        benign = (params["support_y"] == 0).unsqueeze(1)  # [T, 1, S]
+        nearest = [d.masked_fill(~is_class, torch.inf).amin(-1) for is_class in (benign, ~benign)]
+        return -torch.stack(nearest, dim=-1)
+
+
+class LogisticRegressionLearner(nn.Module):
+    """``logreg_scorer`` as a learner: ``adapt`` fits scikit-learn's model on each support set (not
+    differentiable, so only attacks on the queries apply); ``predict`` gives logits [T, M, 2] = (0, x·w + b).
+    """
+
+    def __init__(self, C: float) -> None:
+        super().__init__()
+        self.C = C
+
+    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor) -> dict[str, torch.Tensor]:
+        fits = [
+            LogisticRegression(C=self.C, max_iter=1000).fit(s, y)
+            for s, y in zip(support_x.detach().cpu().numpy(), support_y.cpu().numpy(), strict=True)
+        ]
+        weight = np.stack([f.coef_[0] for f in fits])
+        bias = np.array([f.intercept_[0] for f in fits])
+        return {
+            "weight": torch.as_tensor(weight, dtype=support_x.dtype, device=support_x.device),
+            "bias": torch.as_tensor(bias, dtype=support_x.dtype, device=support_x.device),
+        }
+
+    def predict(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        z = torch.einsum("tmd,td->tm", x, params["weight"]) + params["bias"].unsqueeze(1)
+        return torch.stack([torch.zeros_like(z), z], dim=-1)
+
+
 def pretrain(
     model: nn.Module,
     X: np.ndarray,
