@@ -200,6 +200,9 @@ class TrainConfig(_Strict):
     """Supervised steps of the pretrain + fine-tune baseline."""
     poison: PoisonConfig | None = None
     """Poison the training data (attack studies only; null for normal training)."""
+    task_interpolation: float = Field(0.0, ge=0, le=1)
+    """Share of each meta-training batch's tasks replaced by tasks interpolated between two families
+    (``tasks.augment.interpolate_tasks``, λ ~ Beta(0.5, 0.5)); 0 turns it off."""
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:

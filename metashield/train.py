@@ -90,14 +90,15 @@ def meta_train(
     metadata: dict,
     resume: bool = False,
     progress: bool = True,
-    poison: Callable[[Batch, np.random.Generator], Batch] | None = None,
+    transform: Callable[[Batch, np.random.Generator], Batch] | None = None,
 ) -> TrainState:
     """Meta-train ``learner``; the weights with the best meta-val score go to ``<algorithm>.safetensors``.
 
     ``<algorithm>.last.*`` holds everything needed to resume (weights, optimizer, episode RNG, torch RNG,
     early-stopping state); a resumed run continues from the last evaluation and ends bit-for-bit where an
-    uninterrupted run would on CPU. ``poison`` rewrites each sampled batch (an attack study); it draws from
-    the same checkpointed episode stream, so poisoned runs resume bit for bit too.
+    uninterrupted run would on CPU. ``transform`` rewrites each sampled batch (poisoning for an attack study,
+    task interpolation); it draws from the same checkpointed episode stream, so such runs resume bit for bit
+    too.
     """
     meta = meta.for_algorithm(algorithm)
     rng = np.random.default_rng([seed, 1])
@@ -139,7 +140,7 @@ def meta_train(
     loss_sum, loss_n = 0.0, 0
     while state.step < train.steps:
         sampled = sampler.sample(train.tasks_per_batch, rng)
-        batch = (poison(sampled, rng) if poison is not None else sampled).to_torch(device=device)
+        batch = (transform(sampled, rng) if transform is not None else sampled).to_torch(device=device)
         learner.train()
         if opt is None:
             # Reptile adapts on all of a task's labelled rows: it has no query/support distinction.

@@ -35,6 +35,7 @@ from metashield.evaluation.report import (
 from metashield.experiment import Prepared, data_files, prepare
 from metashield.models import MLP
 from metashield.tasks import EpisodeSampler, FamilySplit
+from metashield.tasks.augment import interpolate_tasks
 from metashield.train import build_learner, meta_train
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,19 @@ def _poisoning(config: Config, prep: Prepared):
     return poison, trigger
 
 
+def _batch_transform(poison, interpolation: float):
+    """What rewrites each meta-training batch: the attack study's poisoner, then task interpolation."""
+    if not interpolation:
+        return poison
+
+    def transform(batch, rng):
+        if poison is not None:
+            batch = poison(batch, rng)
+        return interpolate_tasks(batch, interpolation, rng)
+
+    return transform
+
+
 def _poison_rows(x: np.ndarray, y: np.ndarray, spec, trigger, seed: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng([seed, 3])
     if spec.mode == "backdoor":
@@ -171,6 +185,7 @@ def train_run(config: Config, out_dir: str | Path, *, resume: bool = False, prog
         return mean_metric(run_protocol({"m": learner_scorer(learner)}, val_sets)["m"])
 
     poison_batch_fn, trigger = _poisoning(config, prep)
+    transform = _batch_transform(poison_batch_fn, tc.task_interpolation)
 
     summary = {}
     for i, algo in enumerate(tc.algorithms):
@@ -189,7 +204,7 @@ def train_run(config: Config, out_dir: str | Path, *, resume: bool = False, prog
             metadata={"run": "run.json"},
             resume=resume,
             progress=progress,
-            poison=poison_batch_fn,
+            transform=transform,
         )
         summary[algo] = {"best_val_tpr@1%fpr": state.best_score, "steps": state.step}
         log.info("%s: best meta-val TPR@1%%FPR %.3f after %d steps", algo, state.best_score, state.step)

@@ -177,3 +177,47 @@ def test_to_torch_and_no_torch_import(data) -> None:
 def test_tasks_package_does_not_import_torch() -> None:
     code = "import sys, metashield.tasks; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_task_interpolation_mixes_the_attack_rows_of_two_tasks_with_one_lambda() -> None:
+    from metashield.tasks import Batch
+    from metashield.tasks.augment import interpolate_tasks
+
+    t, d = 8, 3
+    # Task i's attack rows all equal i + 1 (benign rows -1), so a mixed row reveals its pair and lambda.
+    sy = np.tile([0, 0, 1, 1, 1], (t, 1))
+    qy = np.tile([1, 0, 1, 0], (t, 1))
+    sx = (
+        np.where(sy[..., None] == 1, np.arange(1, t + 1)[:, None, None], -1.0)
+        .repeat(d, -1)
+        .astype(np.float32)
+    )
+    qx = (
+        np.where(qy[..., None] == 1, np.arange(1, t + 1)[:, None, None], -1.0)
+        .repeat(d, -1)
+        .astype(np.float32)
+    )
+    batch = Batch(support_x=sx, support_y=sy, query_x=qx, query_y=qy)
+    out = interpolate_tasks(batch, 0.5, np.random.default_rng(0))
+    assert np.array_equal(out.support_y, sy) and np.array_equal(out.query_y, qy)
+    assert np.array_equal(out.support_x[sy == 0], sx[sy == 0]) and np.array_equal(
+        out.query_x[qy == 0], qx[qy == 0]
+    )
+    changed = [i for i in range(t) if not np.array_equal(out.support_x[i], sx[i])]
+    assert len(changed) == 4  # round(0.5 * 8)
+    for i in changed:
+        support = out.support_x[i][sy[i] == 1]
+        query = out.query_x[i][qy[i] == 1]
+        # One value per task, shared by its support and query attack rows: lam*(i+1) + (1-lam)*(j+1), j != i.
+        assert np.allclose(support, support[0, 0]) and np.allclose(query, support[0, 0])
+        assert support[0, 0] != i + 1 and 1 <= support[0, 0] <= t
+    assert np.array_equal(sx, batch.support_x)  # the input batch is not modified
+    # The same generator state gives the same batch (training resumes bit for bit).
+    again = interpolate_tasks(batch, 0.5, np.random.default_rng(0))
+    assert np.array_equal(again.support_x, out.support_x) and np.array_equal(again.query_x, out.query_x)
+    with pytest.raises(ValueError, match="as many attack rows in every task"):
+        uneven = sy.copy()
+        uneven[0, 0] = 1
+        interpolate_tasks(Batch(sx, uneven, qx, qy), 1.0, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="fraction must be in"):
+        interpolate_tasks(batch, 1.5, np.random.default_rng(0))

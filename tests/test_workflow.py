@@ -241,9 +241,9 @@ def test_poisoned_training_reaches_the_meta_learner_and_the_pretrain_baseline(tm
         seen["pretrain_y"] = y
         return real_pretrain(model, x, y, **kw)
 
-    def spy_meta_train(*args, poison=None, **kw):
-        seen["poison"] = poison
-        return real_meta_train(*args, poison=poison, **kw)
+    def spy_meta_train(*args, transform=None, **kw):
+        seen["poison"] = transform
+        return real_meta_train(*args, transform=transform, **kw)
 
     monkeypatch.setattr(workflow, "pretrain", spy_pretrain)
     monkeypatch.setattr(workflow, "meta_train", spy_meta_train)
