@@ -89,17 +89,16 @@ def _learners(
             methods.append("finetune")
     learners = {}
     for name in methods:
-        if name in QUERY_ONLY_BASELINES and threat == "query":
-            tuned = metrics.get("tuned_baselines", {}).get(name)
-            if name == "logreg" and tuned is None:
+        if name == "knn" and threat == "query":
+            learners[name] = NearestNeighbourLearner()
+        elif name == "logreg" and threat == "query":
+            tuned = metrics.get("tuned_baselines", {}).get("logreg")
+            if tuned is None:
                 raise FileNotFoundError(
                     f"{metrics_path}: no tuned logistic regression at {shots} shots; run "
                     f"`metashield evaluate --run {run_dir} --shots {shots}` first"
                 )
-            if name == "logreg":
-                learners[name] = LogisticRegressionLearner(tuned["params"]["C"])
-            else:
-                learners[name] = NearestNeighbourLearner()
+            learners[name] = LogisticRegressionLearner(tuned["params"]["C"])
         elif name == "finetune":
             tuned = metrics.get("tuned_baselines", {}).get("finetune")
             if tuned is None:
