@@ -271,21 +271,26 @@ def _tune(grid: list[dict], make, val_sets, label: str) -> tuple[dict, float, li
     )
 
 
-def tuning_episode_sets(config: Config, prep, shots: int, device: torch.device) -> dict:
-    """The meta-val episodes every hyper-parameter and the best methods are chosen on, at ``shots``."""
+def _episode_sets(config: Config, prep, part: str, shots: int, n_episodes: int, seed: int, device) -> dict:
+    """Episodes of the ``part`` ("val" or "test") families against the benign slice of the same name."""
     ec = config.evaluate
     return build_episode_sets(
         prep.X,
         prep.family,
-        prep.split.val,
-        prep.benign["val"],
+        getattr(prep.split, part),
+        prep.benign[part],
         shots=shots,
-        n_episodes=ec.tune_episodes,
+        n_episodes=n_episodes,
         attack_queries=ec.attack_queries,
         benign_queries=ec.benign_queries,
-        seed=config.seed + 11,
+        seed=seed,
         device=device,
     )
+
+
+def tuning_episode_sets(config: Config, prep, shots: int, device: torch.device) -> dict:
+    """The meta-val episodes every hyper-parameter and the best methods are chosen on, at ``shots``."""
+    return _episode_sets(config, prep, "val", shots, config.evaluate.tune_episodes, config.seed + 11, device)
 
 
 def held_out_episode_sets(config: Config, prep, shots: int, n_episodes: int, device: torch.device) -> dict:
@@ -293,19 +298,7 @@ def held_out_episode_sets(config: Config, prep, shots: int, n_episodes: int, dev
 
     Every method that reports on a run's test families (``evaluate``, ``attack``) scores these same episodes.
     """
-    ec = config.evaluate
-    return build_episode_sets(
-        prep.X,
-        prep.family,
-        prep.split.test,
-        prep.benign["test"],
-        shots=shots,
-        n_episodes=n_episodes,
-        attack_queries=ec.attack_queries,
-        benign_queries=ec.benign_queries,
-        seed=config.seed,
-        device=device,
-    )
+    return _episode_sets(config, prep, "test", shots, n_episodes, config.seed, device)
 
 
 def evaluate_run(
