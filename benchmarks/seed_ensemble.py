@@ -19,7 +19,6 @@ Writes ``seed_ensemble.json`` and ``seed_ensemble.md`` under ``--runs``; ``metri
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 import time
@@ -69,7 +68,7 @@ def ensemble_split(runs: list[Path], algorithm: str, name: str) -> list[dict]:
     ensemble = ensemble_scorer([learner_scorer(m) for m in learners])
     out = []
     for r, (config, prep, _), learner in zip(runs, loaded, learners, strict=True):
-        report = copy.deepcopy(json.loads((r / "metrics.json").read_text(encoding="utf-8")))
+        report = json.loads((r / "metrics.json").read_text(encoding="utf-8"))
         ec = config.evaluate
         for shot, entry in report["shots"].items():
             k = int(shot)
