@@ -38,7 +38,7 @@ from metashield.device import resolve_device  # noqa: E402
 from metashield.evaluation.baselines import Scorer, learner_scorer  # noqa: E402
 from metashield.evaluation.protocol import mean_metric, run_protocol  # noqa: E402
 from metashield.evaluation.report import summarise_method  # noqa: E402
-from metashield.workflow import _load_model, held_out_episode_sets, load_run, tuning_episode_sets  # noqa: E402
+from metashield.runs import held_out_episode_sets, load_model, load_run, tuning_episode_sets  # noqa: E402
 
 METRIC = "tpr@1%fpr"
 
@@ -62,7 +62,7 @@ def ensemble_split(runs: list[Path], algorithm: str, name: str) -> list[dict]:
                 raise SystemExit(f"{r} and {runs[0]} differ in {key!r}: not the same family split")
     device = resolve_device(loaded[0][0].device)
     learners = [
-        _load_model(config, int(meta["in_dim"]), r, algorithm, algorithm).to(device)
+        load_model(config, int(meta["in_dim"]), r, algorithm, algorithm).to(device)
         for r, (config, _, meta) in zip(runs, loaded, strict=True)
     ]
     ensemble = ensemble_scorer([learner_scorer(m) for m in learners])

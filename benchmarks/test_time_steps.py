@@ -16,7 +16,7 @@ import torch
 from metashield.device import resolve_device
 from metashield.evaluation.baselines import learner_scorer
 from metashield.evaluation.protocol import mean_metric, run_protocol
-from metashield.workflow import _load_model, load_run, tuning_episode_sets
+from metashield.runs import load_model, load_run, tuning_episode_sets
 
 
 def main() -> None:
@@ -29,7 +29,7 @@ def main() -> None:
     config, prep, meta = load_run(args.run)
     device = resolve_device("cpu")
     for algo in args.algorithms.split(","):
-        learner = _load_model(config, int(meta["in_dim"]), args.run, algo, algo).eval()
+        learner = load_model(config, int(meta["in_dim"]), args.run, algo, algo).eval()
         trained = learner.inner_steps
         for k in (1, 5, 10):
             val = tuning_episode_sets(config, prep, k, device)

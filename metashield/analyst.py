@@ -37,7 +37,7 @@ from metashield.data.download import file_sha256
 from metashield.data.schema import ThreatSchema
 from metashield.evaluation.metrics import smallest_fpr_step, threshold_at_fpr
 from metashield.raw_rows import RawRows, read_rows, schema_from_dict, schema_to_dict
-from metashield.workflow import _load_model, load_run
+from metashield.runs import load_model, load_run
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +197,7 @@ def adapt_run(
     rows = read_rows(support, prep.pipeline, prep.schema, label_column, label_required=True)
     y = _support_targets(rows, support, label_column, benign_label)
     algo, why = choose_algorithm(run, _trained(config, run), int(y.sum()), algorithm)
-    learner = _load_model(config, int(meta["in_dim"]), run, algo, algo).eval()
+    learner = load_model(config, int(meta["in_dim"]), run, algo, algo).eval()
     x = prep.pipeline.transform(rows.frame)
     with torch.no_grad():
         params = learner.adapt(torch.as_tensor(x)[None], torch.as_tensor(y)[None])
@@ -260,7 +260,7 @@ def load_adapted(run: str | os.PathLike) -> Adapted:
     if record.get("format") != FORMAT:
         raise ValueError(f"{run / 'adapted.json'}: format {record.get('format')!r}, expected {FORMAT!r}")
     config = config_from_dict(record["config"], str(run / "adapted.json"))
-    learner = _load_model(config, int(record["in_dim"]), run, record["algorithm"], record["algorithm"])
+    learner = load_model(config, int(record["in_dim"]), run, record["algorithm"], record["algorithm"])
     return Adapted(
         record,
         learner.eval(),

@@ -42,7 +42,7 @@ from metashield.evaluation.metrics import (
 )
 from metashield.evaluation.robust import pool_sanity, robust_evaluate
 from metashield.meta import ProtoNet
-from metashield.workflow import _load_model, held_out_episode_sets, load_run
+from metashield.runs import held_out_episode_sets, load_model, load_run
 
 log = logging.getLogger(__name__)
 
@@ -106,11 +106,11 @@ def _learners(
                     f"{metrics_path}: no tuned fine-tune baseline at {shots} shots; run "
                     f"`metashield evaluate --run {run_dir} --shots {shots}` first"
                 )
-            pretrained = _load_model(config, in_dim, run_dir, "pretrained").to(device)
+            pretrained = load_model(config, in_dim, run_dir, "pretrained").to(device)
             p = tuned["params"]
             learners[name] = finetune_learner(pretrained, p["lr"], p["steps"], p["head_only"])
         elif name in available:
-            learners[name] = _load_model(config, in_dim, run_dir, name, name).to(device)
+            learners[name] = load_model(config, in_dim, run_dir, name, name).to(device)
         else:
             why = " (ProtoNet has no inner loop to attack through)" if name in QUERY_ONLY_LEARNERS else ""
             if name in QUERY_ONLY_BASELINES:

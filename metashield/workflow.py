@@ -12,10 +12,9 @@ import torch
 from metashield._atomic import atomic_write_json, check_file_name
 from metashield.attacks.constraints import compile_constraints
 from metashield.attacks.poisoning import backdoor, flip_labels, make_trigger, poison_batch
-from metashield.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
-from metashield.config import Config, EvaluateConfig, config_from_dict
-from metashield.data import BENIGN, FeaturePipeline
-from metashield.data.download import file_sha256
+from metashield.checkpoint import has_checkpoint, save_checkpoint
+from metashield.config import Config, EvaluateConfig
+from metashield.data import BENIGN
 from metashield.device import resolve_device
 from metashield.evaluation.baselines import (
     finetune_scorer,
@@ -25,16 +24,25 @@ from metashield.evaluation.baselines import (
     pretrain,
     scratch_scorer,
 )
-from metashield.evaluation.protocol import build_episode_sets, mean_metric, run_protocol
+from metashield.evaluation.protocol import mean_metric, run_protocol
 from metashield.evaluation.report import (
     format_family_table,
     format_table,
     paired_difference,
     summarise_method,
 )
-from metashield.experiment import Prepared, data_files, prepare
-from metashield.models import MLP
-from metashield.tasks import EpisodeSampler, FamilySplit
+from metashield.experiment import Prepared, prepare
+from metashield.runs import (
+    build_model,
+    episode_sets,
+    held_out_episode_sets,
+    load_model,
+    load_run,
+    prepare_saved,
+    run_metadata,
+    tuning_episode_sets,
+)
+from metashield.tasks import EpisodeSampler
 from metashield.tasks.augment import interpolate_tasks
 from metashield.train import build_learner, meta_train
 
@@ -54,36 +62,6 @@ def baseline_grids(ec: EvaluateConfig) -> dict[str, list[dict]]:
         "scratch": [{"lr": lr, "steps": steps} for lr in ec.scratch_lrs for steps in ec.scratch_steps],
         "logreg": [{"C": c} for c in ec.logreg_cs],
         "knn": [{}],
-    }
-
-
-def _model(config: Config, in_dim: int) -> MLP:
-    return MLP(in_dim, config.model.hidden, out_dim=config.train.ways)
-
-
-def _check_data_files(recorded: dict[str, str], run_json: Path) -> None:
-    """User-supplied data must be the bytes the run was trained on: the registry pins no checksum for them."""
-    for path, sha in recorded.items():
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"{run_json}: data file {path} (sha256 {sha}) is missing")
-        now = file_sha256(Path(path))
-        if now != sha:
-            raise ValueError(
-                f"{run_json}: data file {path} changed since the run was trained "
-                f"(sha256 recorded {sha}, now {now}); restore it or train a new run"
-            )
-
-
-def _run_metadata(config: Config, prep: Prepared) -> dict:
-    return {
-        "config": config.model_dump(mode="json"),
-        # sha256 of every user-supplied file, recorded on first use (registry files are pinned instead).
-        "data_files": {str(p.resolve()): file_sha256(p) for p in data_files(config)},
-        "dataset": prep.dataset,
-        "split": prep.split.to_dict(),
-        "pipeline": prep.pipeline.to_dict(),
-        "feature_names": list(prep.pipeline.feature_names),
-        "in_dim": int(prep.X.shape[1]),
     }
 
 
@@ -143,14 +121,10 @@ def train_run(config: Config, out_dir: str | Path, *, resume: bool = False, prog
         saved = json.loads(run_json.read_text(encoding="utf-8"))
         if saved["config"] != config.model_dump(mode="json"):
             raise ValueError(f"{run_json}: --resume with a different config than the run was started with")
-        prep = prepare(
-            config,
-            split=FamilySplit.from_dict(saved["split"]),
-            pipeline=FeaturePipeline.from_dict(saved["pipeline"]),
-        )
+        prep = prepare_saved(config, saved)
     else:
         prep = prepare(config)
-    metadata = _run_metadata(config, prep)
+    metadata = run_metadata(config, prep)
     atomic_write_json(run_json, metadata)
 
     tc = config.train
@@ -164,18 +138,7 @@ def train_run(config: Config, out_dir: str | Path, *, resume: bool = False, prog
         shots=tc.shots,
         queries=tc.queries,
     )
-    val_sets = build_episode_sets(
-        prep.X,
-        prep.family,
-        prep.split.val,
-        prep.benign["val"],
-        shots=tc.shots,
-        n_episodes=tc.val_episodes,
-        attack_queries=config.evaluate.attack_queries,
-        benign_queries=config.evaluate.benign_queries,
-        seed=config.seed + 7,
-        device=device,
-    )
+    val_sets = episode_sets(config, prep, "val", tc.shots, tc.val_episodes, config.seed + 7, device)
     if not val_sets:
         raise ValueError(
             "no meta-val family has enough rows: add families to split.val_families or raise n_val"
@@ -190,7 +153,7 @@ def train_run(config: Config, out_dir: str | Path, *, resume: bool = False, prog
     summary = {}
     for i, algo in enumerate(tc.algorithms):
         torch.manual_seed(config.seed * 1000 + i)
-        learner = build_learner(algo, _model(config, prep.X.shape[1]), config.meta).to(device)
+        learner = build_learner(algo, build_model(config, prep.X.shape[1]), config.meta).to(device)
         state = meta_train(
             learner,
             algo,
@@ -216,7 +179,7 @@ def train_run(config: Config, out_dir: str | Path, *, resume: bool = False, prog
         if tc.poison is not None:
             x_fit, y_fit = _poison_rows(x_fit, y_fit, tc.poison, trigger, config.seed)
         model = pretrain(
-            _model(config, prep.X.shape[1]),
+            build_model(config, prep.X.shape[1]),
             x_fit,
             y_fit,
             steps=tc.pretrain_steps,
@@ -226,37 +189,6 @@ def train_run(config: Config, out_dir: str | Path, *, resume: bool = False, prog
         save_checkpoint(out_dir, "pretrained", dict(model.state_dict()), {"run": "run.json"})
     atomic_write_json(out_dir / "train_summary.json", summary)
     return summary
-
-
-def load_run(run_dir: str | Path) -> tuple[Config, Prepared, dict]:
-    run_dir = Path(run_dir)
-    run_json = run_dir / "run.json"
-    if not run_json.is_file():
-        raise FileNotFoundError(
-            f"{run_json} not found: is {run_dir} a directory written by `metashield train`?"
-        )
-    meta = json.loads(run_json.read_text(encoding="utf-8"))
-    config = config_from_dict(meta["config"], str(run_json))
-    _check_data_files(meta.get("data_files", {}), run_json)
-    prep = prepare(
-        config,
-        split=FamilySplit.from_dict(meta["split"]),
-        pipeline=FeaturePipeline.from_dict(meta["pipeline"]),
-    )
-    return config, prep, meta
-
-
-def _load_model(
-    config: Config, in_dim: int, run_dir: Path, name: str, algo: str | None = None
-) -> torch.nn.Module:
-    tensors, _ = load_checkpoint(run_dir, name)
-    if algo is None:
-        model = _model(config, in_dim)
-        model.load_state_dict(tensors)
-        return model
-    learner = build_learner(algo, _model(config, in_dim), config.meta)
-    learner.load_state_dict(tensors)
-    return learner
 
 
 def _tune(grid: list[dict], make, val_sets, label: str) -> tuple[dict, float, list]:
@@ -269,36 +201,6 @@ def _tune(grid: list[dict], make, val_sets, label: str) -> tuple[dict, float, li
         scores[best],
         [{"params": p, "val_tpr@1%fpr": s} for p, s in zip(grid, scores, strict=True)],
     )
-
-
-def _episode_sets(config: Config, prep, part: str, shots: int, n_episodes: int, seed: int, device) -> dict:
-    """Episodes of the ``part`` ("val" or "test") families against the benign slice of the same name."""
-    ec = config.evaluate
-    return build_episode_sets(
-        prep.X,
-        prep.family,
-        getattr(prep.split, part),
-        prep.benign[part],
-        shots=shots,
-        n_episodes=n_episodes,
-        attack_queries=ec.attack_queries,
-        benign_queries=ec.benign_queries,
-        seed=seed,
-        device=device,
-    )
-
-
-def tuning_episode_sets(config: Config, prep, shots: int, device: torch.device) -> dict:
-    """The meta-val episodes every hyper-parameter and the best methods are chosen on, at ``shots``."""
-    return _episode_sets(config, prep, "val", shots, config.evaluate.tune_episodes, config.seed + 11, device)
-
-
-def held_out_episode_sets(config: Config, prep, shots: int, n_episodes: int, device: torch.device) -> dict:
-    """The meta-test episodes of a run at ``shots``: held-out families against the benign test slice.
-
-    Every method that reports on a run's test families (``evaluate``, ``attack``) scores these same episodes.
-    """
-    return _episode_sets(config, prep, "test", shots, n_episodes, config.seed, device)
 
 
 def evaluate_run(
@@ -318,7 +220,7 @@ def evaluate_run(
     device = resolve_device(config.device)
     in_dim = int(meta["in_dim"])
     learners = {
-        a: _load_model(config, in_dim, run_dir, a, a).to(device)
+        a: load_model(config, in_dim, run_dir, a, a).to(device)
         for a in config.train.algorithms
         if has_checkpoint(run_dir, a)
     }
@@ -327,13 +229,13 @@ def evaluate_run(
         raise FileNotFoundError(
             f"{run_dir}: no checkpoint for {missing}; run `metashield train` (or --resume) first"
         )
-    pretrained = _load_model(config, in_dim, run_dir, "pretrained").to(device)
+    pretrained = load_model(config, in_dim, run_dir, "pretrained").to(device)
 
     def make_baseline(name: str, p: dict):
         if name == "finetune":
             return finetune_scorer(pretrained, p["lr"], p["steps"], p["head_only"])
         if name == "scratch":
-            return scratch_scorer(lambda: _model(config, in_dim).to(device), p["lr"], p["steps"])
+            return scratch_scorer(lambda: build_model(config, in_dim).to(device), p["lr"], p["steps"])
         if name == "logreg":
             return logreg_scorer(p["C"])
         return knn_scorer()

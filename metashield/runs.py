@@ -1,0 +1,126 @@
+"""A run directory: what ``run.json`` records, and rebuilding the data, models and episodes from it.
+
+``train`` writes a run, and ``evaluate``, ``attack`` and ``adapt`` read one. They all rebuild the same
+prepared data, learners and episode sets through these functions, so the methods they compare are scored
+on identical rows.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from metashield.checkpoint import load_checkpoint
+from metashield.config import Config, config_from_dict
+from metashield.data import FeaturePipeline
+from metashield.data.download import file_sha256
+from metashield.evaluation.protocol import build_episode_sets
+from metashield.experiment import Prepared, data_files, prepare
+from metashield.models import MLP
+from metashield.tasks import FamilySplit
+from metashield.train import build_learner
+
+
+def build_model(config: Config, in_dim: int) -> MLP:
+    """The run's base learner, freshly initialised."""
+    return MLP(in_dim, config.model.hidden, out_dim=config.train.ways)
+
+
+def _check_data_files(recorded: dict[str, str], run_json: Path) -> None:
+    """User-supplied data must be the bytes the run was trained on: the registry pins no checksum for them."""
+    for path, sha in recorded.items():
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{run_json}: data file {path} (sha256 {sha}) is missing")
+        now = file_sha256(Path(path))
+        if now != sha:
+            raise ValueError(
+                f"{run_json}: data file {path} changed since the run was trained "
+                f"(sha256 recorded {sha}, now {now}); restore it or train a new run"
+            )
+
+
+def run_metadata(config: Config, prep: Prepared) -> dict:
+    """What ``run.json`` records: the config, the data files' sha256, the split, the fitted pipeline."""
+    return {
+        "config": config.model_dump(mode="json"),
+        # sha256 of every user-supplied file, recorded on first use (registry files are pinned instead).
+        "data_files": {str(p.resolve()): file_sha256(p) for p in data_files(config)},
+        "dataset": prep.dataset,
+        "split": prep.split.to_dict(),
+        "pipeline": prep.pipeline.to_dict(),
+        "feature_names": list(prep.pipeline.feature_names),
+        "in_dim": int(prep.X.shape[1]),
+    }
+
+
+def prepare_saved(config: Config, meta: dict) -> Prepared:
+    """The run's data with the family split and pipeline ``meta`` (a ``run.json``) recorded, not refitted."""
+    return prepare(
+        config,
+        split=FamilySplit.from_dict(meta["split"]),
+        pipeline=FeaturePipeline.from_dict(meta["pipeline"]),
+    )
+
+
+def load_run(run_dir: str | Path) -> tuple[Config, Prepared, dict]:
+    """(config, prepared data, run.json) of a run written by ``metashield train``."""
+    run_dir = Path(run_dir)
+    run_json = run_dir / "run.json"
+    if not run_json.is_file():
+        raise FileNotFoundError(
+            f"{run_json} not found: is {run_dir} a directory written by `metashield train`?"
+        )
+    meta = json.loads(run_json.read_text(encoding="utf-8"))
+    config = config_from_dict(meta["config"], str(run_json))
+    _check_data_files(meta.get("data_files", {}), run_json)
+    return config, prepare_saved(config, meta), meta
+
+
+def load_model(
+    config: Config, in_dim: int, run_dir: Path, name: str, algo: str | None = None
+) -> torch.nn.Module:
+    """Checkpoint ``name`` of the run: the base model, or with ``algo`` the learner wrapping it."""
+    tensors, _ = load_checkpoint(run_dir, name)
+    if algo is None:
+        model = build_model(config, in_dim)
+        model.load_state_dict(tensors)
+        return model
+    learner = build_learner(algo, build_model(config, in_dim), config.meta)
+    learner.load_state_dict(tensors)
+    return learner
+
+
+def episode_sets(
+    config: Config, prep: Prepared, part: str, shots: int, n_episodes: int, seed: int, device: torch.device
+) -> dict:
+    """Episodes of the ``part`` ("val" or "test") families against the benign slice of the same name."""
+    ec = config.evaluate
+    return build_episode_sets(
+        prep.X,
+        prep.family,
+        getattr(prep.split, part),
+        prep.benign[part],
+        shots=shots,
+        n_episodes=n_episodes,
+        attack_queries=ec.attack_queries,
+        benign_queries=ec.benign_queries,
+        seed=seed,
+        device=device,
+    )
+
+
+def tuning_episode_sets(config: Config, prep: Prepared, shots: int, device: torch.device) -> dict:
+    """The meta-val episodes every hyper-parameter and the best methods are chosen on, at ``shots``."""
+    return episode_sets(config, prep, "val", shots, config.evaluate.tune_episodes, config.seed + 11, device)
+
+
+def held_out_episode_sets(
+    config: Config, prep: Prepared, shots: int, n_episodes: int, device: torch.device
+) -> dict:
+    """The meta-test episodes of a run at ``shots``: held-out families against the benign test slice.
+
+    Every method that reports on a run's test families (``evaluate``, ``attack``) scores these same episodes.
+    """
+    return episode_sets(config, prep, "test", shots, n_episodes, config.seed, device)
