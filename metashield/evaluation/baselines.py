@@ -83,13 +83,18 @@ def knn_scorer() -> Scorer:
     return score
 
 
+def _logistic(C: float) -> LogisticRegression:
+    """The logistic regression both ``logreg_scorer`` and its attackable form fit on a support set."""
+    return LogisticRegression(C=C, max_iter=1000)
+
+
 def logreg_scorer(C: float) -> Scorer:
     """L2 logistic regression fitted on the support set; score = its decision function."""
 
     def score(sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor) -> np.ndarray:
         out = []
         for s, y, q in zip(sx.cpu().numpy(), sy.cpu().numpy(), qx.cpu().numpy(), strict=True):
-            clf = LogisticRegression(C=C, max_iter=1000).fit(s, y)
+            clf = _logistic(C).fit(s, y)
             out.append(clf.decision_function(q))
         return np.stack(out)
 
@@ -125,7 +130,7 @@ class LogisticRegressionLearner(nn.Module):
 
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor) -> dict[str, torch.Tensor]:
         fits = [
-            LogisticRegression(C=self.C, max_iter=1000).fit(s, y)
+            _logistic(self.C).fit(s, y)
             for s, y in zip(support_x.detach().cpu().numpy(), support_y.cpu().numpy(), strict=True)
         ]
         weight = np.stack([f.coef_[0] for f in fits])
