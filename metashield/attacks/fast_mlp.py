@@ -56,9 +56,19 @@ class MLPObjective:
     """``classifier_objective`` of a Linear/ReLU stack, plus ``value_and_grad`` without autograd.
 
     layers: from ``mlp_layers``. y: int64 true labels of the unit shape. loss: ``ce`` or ``margin``.
+    columns, offset: set by ``restrict`` only: the input columns the first layer reads, and its fixed part
+    per row.
     """
 
-    def __init__(self, layers: Layers, y: Tensor, loss: str) -> None:
+    def __init__(
+        self,
+        layers: Layers,
+        y: Tensor,
+        loss: str,
+        *,
+        columns: Tensor | None = None,
+        offset: Tensor | None = None,
+    ) -> None:
         if loss not in ("ce", "margin"):
             raise ValueError(f"loss must be 'ce' or 'margin', got {loss!r}")
         self.layers, self.y, self.loss = layers, y, loss
@@ -68,9 +78,7 @@ class MLPObjective:
         # the weight padded with zero columns and drops them afterwards.
         w = layers[0][0]
         self.back0 = F.pad(w, (0, -w.shape[-1] % ALIGN)) if w.shape[-1] % ALIGN else w
-        # Set by ``restrict``: the input columns the first layer reads, and its fixed part per row.
-        self.columns: Tensor | None = None
-        self.offset: Tensor | None = None
+        self.columns, self.offset = columns, offset
 
     def restrict(self, x0: Tensor, columns: Tensor) -> MLPObjective:
         """This objective for inputs that equal ``x0`` [..., D] outside ``columns`` (bool [D]).
@@ -90,10 +98,8 @@ class MLPObjective:
         read = torch.cat([free, extra])
         w_read = w.index_select(-1, read)
         w_read[..., free.numel() :] = 0
-        out = MLPObjective([(w_read, b), *rest], self.y, self.loss)
-        out.columns = read
-        out.offset = self._linear(x0.detach().index_select(-1, fixed), w.index_select(-1, fixed), b)
-        return out
+        offset = self._linear(x0.detach().index_select(-1, fixed), w.index_select(-1, fixed), b)
+        return MLPObjective([(w_read, b), *rest], self.y, self.loss, columns=read, offset=offset)
 
     def _linear(self, h: Tensor, w: Tensor, b: Tensor) -> Tensor:
         """h [..., in] -> h W^T + b; b [out] or per task [T, out], or per row [..., out] (a fixed offset)."""
