@@ -110,7 +110,7 @@ def test_greedy_edits_find_the_best_k_edits_of_a_linear_detector() -> None:
             classifier_objective(forward, y, "margin"), x0, attack=get_attack("edits"), eps=k, constraints=c
         )
         assert c.violations(x, x0, k, "edits") == dict.fromkeys(
-            ["ball", "immutable", "bounds", "integer", "one_hot"], 0
+            ["ball", "immutable", "bounds", "direction", "integer", "one_hot"], 0
         )
         assert (c.edit_count(x, x0) <= k).all()
         for r in range(2):

@@ -73,7 +73,7 @@ def test_projection_gives_valid_raw_rows_for_any_candidate(fitted, norm):
     eps = 3.0
     x = c.project(x0 + 4 * torch.randn(x0.shape, generator=gen), x0, eps, norm)
     assert c.violations(x, x0, eps, norm) == dict.fromkeys(
-        ["ball", "immutable", "bounds", "integer", "one_hot"], 0
+        ["ball", "immutable", "bounds", "direction", "integer", "one_hot"], 0
     )
     raw, raw0 = _raw(pipeline, x.numpy()), _raw(pipeline, x0.numpy())
     assert np.abs(raw["count"] - np.round(raw["count"])).max() < 1e-3
@@ -120,6 +120,40 @@ def test_integer_rounds_to_nearest_inside_the_ball_and_towards_the_original_outs
     # The ball admits only up to raw 10.9: rounding goes back to the original 10.
     back = c.to(x0).project(candidate, x0, 0.9 * unit, "linf")
     assert back.item() == pytest.approx((10 - mean) / std, abs=1e-9)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2", "edits"])
+def test_increase_only_counts_never_fall_below_the_sample(norm):
+    """Score = calls + other (log counts): the attacker wants both lower, but may only lower ``other``."""
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"calls": rng.integers(5, 60, 200), "other": rng.integers(5, 60, 200)})
+    inserted = FeatureSpec(lower=0, integer=True, increase_only=True, why="calls can only be inserted")
+    schema = ThreatSchema(features={"calls": inserted, "other": FeatureSpec(lower=0, integer=True)})
+    data = TabularData(
+        frame=frame,
+        family=np.array(["x"] * 200, dtype=object),
+        log_scaled=["calls", "other"],
+        schema=schema,
+    )
+    pipeline = FeaturePipeline(clip=None).fit(data)
+    c = compile_constraints(pipeline, schema)
+    x0 = torch.tensor(pipeline.transform(frame.iloc[:50]))
+    detector = _linear(torch.tensor([1.0, 1.0], dtype=torch.float64)).float()
+    objective = classifier_objective(detector, torch.ones(50, dtype=torch.int64), "margin")
+    attack = get_attack("edits") if norm == "edits" else get_attack("pgd", norm=norm)
+    # L2 rounds integers towards the original, so its steps must exceed one count: eps 2 rather than 1.
+    eps = {"edits": 5, "linf": 1.0, "l2": 2.0}[norm]
+    x, _ = perturb(objective, x0, attack=attack, eps=eps, constraints=c, seed=0)
+    torch.testing.assert_close(x[:, 0], x0[:, 0], rtol=0, atol=0)
+    assert bool((x[:, 1] < x0[:, 1]).all())
+    assert set(c.violations(x, x0, eps, norm).values()) == {0}
+    # Lowering an increase-only count is a violation; raising it is not.
+    unit = torch.zeros_like(x0)
+    unit[:, 0] = 0.01
+    assert c.violations(x0 - unit, x0, 1.0, "linf")["direction"] == 50
+    assert c.violations(x0 + unit, x0, 1.0, "linf")["direction"] == 0
+    with pytest.raises(ValueError, match="increase_only applies to mutable"):
+        FeatureSpec(mutable=False, increase_only=True, why="x")
 
 
 def _linear(w: torch.Tensor, b: float = 0.0) -> nn.Module:

@@ -40,7 +40,7 @@ def test_attacks_under_the_schema_keep_rows_valid(name, attack, eps, nsl_kdd_mir
         classifier_objective(model, y, "margin"), x0, attack=method, eps=eps, constraints=constraints
     )
     assert constraints.violations(x, x0, eps, method.norm) == dict.fromkeys(
-        ["ball", "immutable", "bounds", "integer", "one_hot"], 0
+        ["ball", "immutable", "bounds", "direction", "integer", "one_hot"], 0
     )
     assert (x - x0).abs().amax() > 0.5, "the attack did not move"
     if attack == "edits":

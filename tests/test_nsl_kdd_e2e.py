@@ -82,7 +82,7 @@ def test_constrained_attacks_keep_real_nsl_kdd_rows_valid_in_raw_units(nsl_run, 
     for norm, eps in [("linf", 0.3), ("linf", 10.0), ("l2", 8.0)]:
         x = c.project(x0 + 6 * torch.randn(x0.shape, generator=gen), x0, eps, norm)
         assert c.violations(x, x0, eps, norm) == dict.fromkeys(
-            ["ball", "immutable", "bounds", "integer", "one_hot"], 0
+            ["ball", "immutable", "bounds", "direction", "integer", "one_hot"], 0
         )
         changed = set()
         for j, (column, value, log, mean, std) in enumerate(prep.pipeline.feature_sources()):

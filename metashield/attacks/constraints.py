@@ -4,8 +4,9 @@ Attacks move samples in z-space (the pipeline's output: one-hot, log1p, standard
 threat schema speaks raw units. Every map the pipeline applies per column is monotone, so a raw interval is
 a z interval, an integer raw value is a point of a known grid in z, and a category is a known one-hot
 vector. ``Constraints.project`` enforces, in this order: immutable columns, the epsilon-ball, the box
-(documented bounds and the pipeline's clip), integer grids, valid one-hot groups. Each later step only
-moves a coordinate towards the original sample (or reverts it), so no step undoes an earlier one.
+(documented bounds and the pipeline's clip), increase-only columns, integer grids, valid one-hot groups.
+Each later step only moves a coordinate towards the original sample (or reverts it), so no step undoes an
+earlier one.
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ class Constraints:
     """Feasible set of a threat model for D standardised features (all tensors on one device/dtype).
 
     lower/upper [D]: box in z-units (documented bounds and the pipeline's clip). mutable [D] bool.
+    increase_only [D] bool: columns that may only rise above the original sample's value (the pipeline's
+    maps are increasing, so a raw rise is a z rise).
     int_idx [k]: columns whose raw value is an integer; int_mean/int_std [k] and int_log [k] invert the
     pipeline (raw = expm1(z·std + mean) when log-scaled, else z·std + mean), float64 always.
     groups: column indices of each MUTABLE one-hot group; one_z/zero_z [D]: the z-values of indicator 1
@@ -65,6 +68,7 @@ class Constraints:
     lower: Tensor
     upper: Tensor
     mutable: Tensor
+    increase_only: Tensor
     int_idx: Tensor
     int_mean: Tensor
     int_std: Tensor
@@ -85,7 +89,7 @@ class Constraints:
         for name in ("lower", "upper", "one_z", "zero_z"):
             moved[name] = getattr(self, name).to(device=like.device, dtype=like.dtype)
         # The integer grid is computed in float64 whatever the model's dtype: see ``_raw``.
-        for name in ("mutable", "int_idx", "int_log", "int_mean", "int_std"):
+        for name in ("mutable", "increase_only", "int_idx", "int_log", "int_mean", "int_std"):
             moved[name] = getattr(self, name).to(device=like.device)
         moved["groups"] = tuple(g.to(device=like.device) for g in self.groups)
         return replace(self, **moved)
@@ -136,7 +140,7 @@ class Constraints:
         the bounds, and any immutable or one-hot column, leaves the value where it is.
         """
         up = torch.where(self.mutable, self.upper, x).expand_as(x).clone()
-        down = torch.where(self.mutable, self.lower, x).expand_as(x).clone()
+        down = torch.where(self.mutable & ~self.increase_only, self.lower, x).expand_as(x).clone()
         if self.int_idx.numel():
             raw = torch.round(self._raw(x[..., self.int_idx]))
             lo, hi = self.lower[self.int_idx].double(), self.upper[self.int_idx].double()
@@ -144,6 +148,8 @@ class Constraints:
             for out, step in ((up, 1.0), (down, -1.0)):
                 z = self._z(raw + step)
                 fits = (z >= lo - tol) & (z <= hi + tol)
+                if step < 0:
+                    fits &= ~self.increase_only[self.int_idx]
                 out[..., self.int_idx] = torch.where(fits, z, x[..., self.int_idx].double()).to(x.dtype)
         frozen = self._frozen_under_edits()
         return torch.where(frozen, x, up), torch.where(frozen, x, down)
@@ -162,7 +168,9 @@ class Constraints:
 
     def _project_l2(self, x: Tensor, *, x0: Tensor, eps: float) -> Tensor:
         delta = torch.where(self.mutable, x - x0, torch.zeros_like(x))
+        delta = torch.where(self.increase_only, delta.clamp_min(0), delta)
         x = torch.maximum(torch.minimum(x0 + ball(delta, eps, "l2"), self.upper), self.lower)
+        x = torch.where(self.increase_only, torch.maximum(x, x0), x)
         if self.int_idx.numel():
             xi, x0i = x[..., self.int_idx], x0[..., self.int_idx]
             raw = self._raw(xi)
@@ -197,6 +205,7 @@ class Constraints:
             "ball": length > eps + (0.5 if norm == "edits" else tol),
             "immutable": (delta.abs() > tol)[..., ~self.mutable].any(-1),
             "bounds": ((x < self.lower - tol) | (x > self.upper + tol)).any(-1),
+            "direction": (delta < -tol)[..., self.increase_only].any(-1),
         }
         if self.int_idx.numel():
             xi = x[..., self.int_idx]
@@ -245,6 +254,7 @@ class _LinfProjector:
     def __init__(self, c: Constraints, x0: Tensor, eps: float) -> None:
         self.c, self.x0 = c, x0
         lo = torch.where(c.mutable, torch.maximum(x0 - eps, c.lower), x0)
+        lo = torch.where(c.increase_only, torch.maximum(lo, x0), lo)
         hi = torch.where(c.mutable, torch.minimum(x0 + eps, c.upper), x0)
         # Keep x0 itself feasible even where float rounding put it an ulp outside the documented box.
         self.lo, self.hi = torch.minimum(lo, x0), torch.maximum(hi, x0)
@@ -307,12 +317,13 @@ def compile_constraints(
     d = len(sources)
     lower, upper = np.full(d, -big), np.full(d, big)
     mutable = np.ones(d, dtype=bool)
+    increase_only = np.zeros(d, dtype=bool)
     one_z, zero_z = np.zeros(d), np.zeros(d)
     ints: list[int] = []
     groups: dict[str, list[int]] = {}
     for j, (column, value, log, mean, std) in enumerate(sources):
         spec = schema.spec(column)
-        mutable[j] = spec.mutable
+        mutable[j], increase_only[j] = spec.mutable, spec.increase_only
 
         def z(raw: float, log: bool = log, mean: float = mean, std: float = std) -> float:
             # The pipeline clips, so a rare category's indicator 1 may sit at the clip value, not at (1-m)/s.
@@ -320,6 +331,8 @@ def compile_constraints(
             return min(max(value, -big), big)
 
         if value is not None:
+            if spec.increase_only:
+                raise ValueError(f"threat schema: {column!r} is categorical, so it cannot be increase_only")
             one_z[j], zero_z[j] = z(1.0), z(0.0)
             lower[j], upper[j] = min(one_z[j], zero_z[j]), max(one_z[j], zero_z[j])
             groups.setdefault(column, []).append(j)
@@ -336,6 +349,7 @@ def compile_constraints(
         lower=torch.tensor(lower, dtype=dtype),
         upper=torch.tensor(upper, dtype=dtype),
         mutable=torch.tensor(mutable),
+        increase_only=torch.tensor(increase_only),
         int_idx=torch.tensor(int_idx),
         int_mean=torch.tensor([sources[j][3] for j in ints], dtype=torch.float64),
         int_std=torch.tensor([sources[j][4] for j in ints], dtype=torch.float64),
@@ -356,6 +370,7 @@ def box_constraints(
         lower=torch.full((n_features,), float(lower), dtype=dtype),
         upper=torch.full((n_features,), float(upper), dtype=dtype),
         mutable=torch.ones(n_features, dtype=torch.bool),
+        increase_only=torch.zeros(n_features, dtype=torch.bool),
         int_idx=torch.zeros(0, dtype=torch.int64),
         int_mean=torch.zeros(0, dtype=torch.float64),
         int_std=torch.ones(0, dtype=torch.float64),

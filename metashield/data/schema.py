@@ -19,13 +19,16 @@ class FeatureSpec:
     lower/upper: documented bounds in raw units (None: unbounded on that side).
     integer: the raw value is a whole number (counts, flags, byte volumes).
     mutable: False when a real attacker cannot change the value; ``why`` must then say why.
-    why: the justification of the bounds or of immutability (documentation, protocol semantics).
+    increase_only: the attacker may raise the value but never lower it below the sample's own (calls
+    inserted into a trace: removing one changes what the program does); ``why`` must then say why.
+    why: the justification of the bounds, of immutability or of the one direction.
     """
 
     lower: float | None = None
     upper: float | None = None
     integer: bool = False
     mutable: bool = True
+    increase_only: bool = False
     why: str = ""
 
     def __post_init__(self) -> None:
@@ -42,6 +45,10 @@ class FeatureSpec:
                     raise ValueError(f"integer feature with non-integer {name} bound {value}")
         if not self.mutable and not self.why:
             raise ValueError("an immutable feature needs a justification in `why`")
+        if self.increase_only and not self.mutable:
+            raise ValueError("increase_only applies to mutable features; an immutable one cannot move at all")
+        if self.increase_only and not self.why:
+            raise ValueError("an increase-only feature needs a justification in `why`")
 
 
 @dataclass(frozen=True)
