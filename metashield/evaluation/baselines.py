@@ -102,10 +102,12 @@ def logreg_scorer(C: float) -> Scorer:
 
 
 class NearestNeighbourLearner(nn.Module):
-    """``knn_scorer`` as a learner (``adapt``/``predict``), so evasion attacks can take its gradient.
+    """``knn_scorer`` (and N-way ``knn_classifier``) as a learner (``adapt``/``predict``), so evasion attacks
+    can take its gradient.
 
-    ``adapt`` keeps the support set; ``predict`` gives logits [T, M, 2] = (−d_benign, −d_attack), minus the
-    Euclidean distances to the nearest benign and attack support rows: their margin is ``knn_scorer``'s score.
+    ``adapt`` keeps the support set; ``predict`` gives logits [T, M, C] = minus the Euclidean distance to the
+    nearest support row of each class 0..C-1 (C read from the labels). For C = 2 the margin is
+    ``knn_scorer``'s score.
     """
 
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -114,14 +116,15 @@ class NearestNeighbourLearner(nn.Module):
     def predict(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         # The direct formula, not cdist's matmul shortcut: its cancellation error would shift near distances.
         d = (x.unsqueeze(2) - params["support_x"].unsqueeze(1)).pow(2).sum(-1).clamp_min(1e-30).sqrt()
-        benign = (params["support_y"] == 0).unsqueeze(1)  # [T, 1, S]
-        nearest = [d.masked_fill(~is_class, torch.inf).amin(-1) for is_class in (benign, ~benign)]
-        return -torch.stack(nearest, dim=-1)
+        y = params["support_y"].unsqueeze(1)  # [T, 1, S]
+        classes = range(int(params["support_y"].max()) + 1)
+        return -torch.stack([d.masked_fill(y != c, torch.inf).amin(-1) for c in classes], dim=-1)
 
 
 class LogisticRegressionLearner(nn.Module):
-    """``logreg_scorer`` as a learner: ``adapt`` fits scikit-learn's model on each support set (not
-    differentiable, so only attacks on the queries apply); ``predict`` gives logits [T, M, 2] = (0, x·w + b).
+    """``logreg_scorer`` (and N-way ``logreg_classifier``) as a learner: ``adapt`` fits scikit-learn's model
+    on each support set (not differentiable, so only attacks on the queries apply); ``predict`` gives logits
+    [T, M, C]: (0, x·w + b) for two classes, x·W_c + b_c (multinomial) for more.
     """
 
     def __init__(self, C: float) -> None:
@@ -133,16 +136,18 @@ class LogisticRegressionLearner(nn.Module):
             _logistic(self.C).fit(s, y)
             for s, y in zip(support_x.detach().cpu().numpy(), support_y.cpu().numpy(), strict=True)
         ]
-        weight = np.stack([f.coef_[0] for f in fits])
-        bias = np.array([f.intercept_[0] for f in fits])
+        # scikit-learn keeps one weight row for two classes (the logit of class 1 against class 0).
+        weight = np.stack(
+            [np.vstack([np.zeros_like(f.coef_), f.coef_]) if len(f.coef_) == 1 else f.coef_ for f in fits]
+        )
+        bias = np.stack([np.r_[0.0, f.intercept_] if len(f.intercept_) == 1 else f.intercept_ for f in fits])
         return {
             "weight": torch.as_tensor(weight, dtype=support_x.dtype, device=support_x.device),
             "bias": torch.as_tensor(bias, dtype=support_x.dtype, device=support_x.device),
         }
 
     def predict(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        z = torch.einsum("tmd,td->tm", x, params["weight"]) + params["bias"].unsqueeze(1)
-        return torch.stack([torch.zeros_like(z), z], dim=-1)
+        return torch.einsum("tmd,tcd->tmc", x, params["weight"]) + params["bias"].unsqueeze(1)
 
 
 def pretrain(

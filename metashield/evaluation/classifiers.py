@@ -1,50 +1,52 @@
 """N-way few-shot classifiers for family classification, the counterparts of ``evaluation.baselines``.
 
 A classifier maps ``(support_x [E,S,D], support_y [E,S], query_x [E,M,D])`` to predicted classes [E, M].
+Every one is a learner with ``adapt``/``predict`` (1-NN and logistic regression through their torch forms in
+``evaluation.baselines``), so the model scored clean is the model the attacks differentiate.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
-from sklearn.neighbors import KNeighborsClassifier
 from torch import nn
+
+from metashield.evaluation.baselines import LogisticRegressionLearner, NearestNeighbourLearner
 
 Classifier = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], np.ndarray]
 
+CHUNK = 50
+"""Episodes per call: 1-NN's pairwise differences are [E, M, S, D], too large for 200 episodes at once."""
+
 
 def learner_classifier(learner: nn.Module) -> Classifier:
-    """Adapt on each support set and predict the argmax class; all episodes in one vmapped call."""
+    """Adapt on each support set and predict the argmax class (ties: the lowest class); vmapped per chunk of
+    ``CHUNK`` episodes."""
 
     def classify(sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor) -> np.ndarray:
         learner.eval()
+        out = []
         with torch.no_grad():
-            return learner.predict(learner.adapt(sx, sy), qx).argmax(-1).cpu().numpy()
-
-    return classify
-
-
-def _sklearn_classifier(make: Callable[[], Any]) -> Classifier:
-    def classify(sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor) -> np.ndarray:
-        s, y, q = (t.cpu().numpy() for t in (sx, sy, qx))
-        return np.stack([make().fit(s[e], y[e]).predict(q[e]) for e in range(len(s))])
+            for i in range(0, len(sx), CHUNK):
+                part = slice(i, i + CHUNK)
+                logits = learner.predict(learner.adapt(sx[part], sy[part]), qx[part])
+                out.append(logits.argmax(-1).cpu().numpy())
+        return np.concatenate(out)
 
     return classify
 
 
 def knn_classifier() -> Classifier:
-    """1-nearest neighbour (Euclidean) on the support set."""
-    return _sklearn_classifier(lambda: KNeighborsClassifier(n_neighbors=1))
+    """1-nearest neighbour (Euclidean) on the support set; a tie between classes goes to the lowest label."""
+    return learner_classifier(NearestNeighbourLearner())
 
 
 def logreg_classifier(C: float) -> Classifier:
-    """Multinomial L2 logistic regression fitted on the support set."""
-    return _sklearn_classifier(lambda: LogisticRegression(C=C, max_iter=1000))
+    """Multinomial L2 logistic regression (scikit-learn's fit) on the support set."""
+    return learner_classifier(LogisticRegressionLearner(C))
 
 
 def pretrain_families(
