@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from metashield.attacks.presets import PRESETS
 from metashield.config import Algorithm, MetaConfig
 
 
@@ -63,9 +65,15 @@ class ClassifyConfig(BaseModel):
     finetune_lrs: list[float] = Field(default_factory=lambda: [0.01, 0.1, 0.5])
     finetune_steps: list[int] = Field(default_factory=lambda: [10, 50, 100])
     logreg_cs: list[float] = Field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0, 100.0])
+    # Robust accuracy (``classify.robust``): attack presets of ``metashield.attacks`` against every method's
+    # adapted model, worst case per query, at each budget of attack_eps (whole edits for the ``edits``
+    # attack, else L-inf z-units). Empty: clean accuracy only.
+    attacks: list[str] = Field(default_factory=list)
+    attack_eps: list[float] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _check(self) -> ClassifyConfig:
+        self._check_attacks()
         if self.n_test < self.ways:
             raise ValueError(f"n_test must be >= ways = {self.ways} (every episode needs N families)")
         if self.split == "random" and self.n_val < self.ways:
@@ -81,6 +89,29 @@ class ClassifyConfig(BaseModel):
         if self.sequence.kernel % 2 == 0:
             raise ValueError(f"sequence.kernel must be odd, got {self.sequence.kernel}")
         return self
+
+    def _check_attacks(self) -> None:
+        if bool(self.attacks) != bool(self.attack_eps):
+            raise ValueError("attacks and attack_eps go together: give both (or neither)")
+        unknown = sorted(set(self.attacks) - set(PRESETS))
+        if unknown:
+            raise ValueError(f"attacks: unknown {unknown}; attacks are {sorted(PRESETS)}")
+        if any(not (math.isfinite(e) and e > 0) for e in self.attack_eps):
+            raise ValueError(f"attack_eps must be finite budgets > 0, got {self.attack_eps}")
+        edits = {PRESETS[a].norm == "edits" for a in self.attacks}
+        if len(edits) > 1:
+            raise ValueError(
+                "attacks mixes the edits budget (whole edits) with z-unit attacks, whose eps mean other units"
+            )
+        if edits == {True} and any(e != int(e) for e in self.attack_eps):
+            raise ValueError(
+                f"the edits attack spends whole edits: attack_eps must be integers, got {self.attack_eps}"
+            )
+        if self.attacks and self.representation == "tokens":
+            raise ValueError(
+                "attacks need feature inputs: no attack on token sequences is built; use representation: bag "
+                "(call counts, attacked by inserting calls)"
+            )
 
     @property
     def min_rows(self) -> int:

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
+from metashield.attacks.constraints import Constraints, compile_constraints
 from metashield.classify.config import ClassifyConfig
 from metashield.data import BENIGN, FeaturePipeline, TabularData
 from metashield.data.sequences import SequenceData
@@ -33,6 +34,8 @@ class ClassifyData:
     family: [n] names. val_family: [n] names for drawing meta-val episodes (rows of other roles renamed
     ``NOT_DRAWN``). train_rows: bool [n], the rows meta-training and pretraining may use.
     vocab_size: token vocabulary of a sequence representation, else None.
+    constraints: the dataset's threat schema in X's z-space (features and bag representations; None for
+    tokens, which no attack covers).
     """
 
     X: np.ndarray
@@ -42,6 +45,7 @@ class ClassifyData:
     val_family: np.ndarray
     train_rows: np.ndarray
     vocab_size: int | None = None
+    constraints: Constraints | None = None
 
     @property
     def val_families(self) -> list[str]:
@@ -148,9 +152,10 @@ def prepare_families(
         val_rows = np.isin(family, split.val)
     train_rows = np.isin(family, split.train) & ~val_rows
     pipeline = FeaturePipeline(clip=cfg.clip_z)
-    vocab_size = None
+    vocab_size, constraints = None, None
     if tabular is not None:
         X = X_flat = pipeline.fit(tabular.subset(train_rows)).transform(tabular.frame)
+        constraints = compile_constraints(pipeline, tabular.schema)
     else:
         vocab_size = len(data.vocab)
         tokens = compared.to_numpy()
@@ -174,6 +179,7 @@ def prepare_families(
         val_family=np.where(val_rows, family, NOT_DRAWN).astype(object),
         train_rows=train_rows,
         vocab_size=vocab_size,
+        constraints=constraints,
     )
 
 

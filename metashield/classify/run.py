@@ -18,17 +18,22 @@ import torch
 from torch import nn
 
 from metashield._atomic import atomic_write_json
+from metashield.attacks.presets import get_attack
 from metashield.checkpoint import load_checkpoint
 from metashield.classify.config import ClassifyConfig, load_classify_config
 from metashield.classify.prepare import ClassifyData, build_model, prepare_families, rotation_folds
+from metashield.classify.robust import robust_predictions
 from metashield.config import TrainConfig
 from metashield.data import BENIGN, TabularData, load_dataset
 from metashield.data.sequences import SequenceData
 from metashield.device import resolve_device
-from metashield.evaluation.baselines import finetune_learner
+from metashield.evaluation.baselines import (
+    LogisticRegressionLearner,
+    NearestNeighbourLearner,
+    finetune_learner,
+)
 from metashield.evaluation.classifiers import (
     Classifier,
-    knn_classifier,
     learner_classifier,
     logreg_classifier,
     pretrain_families,
@@ -174,20 +179,20 @@ def evaluate_shots(
     device: torch.device,
 ) -> dict[str, dict]:
     """Every method on the same test episodes at ``shots``; baselines tuned on meta-val episodes first.
+    With ``cfg.attacks``, each method's robust accuracy too (``classify.robust``).
 
     Learners read ``data.X``; 1-NN and logistic regression read ``data.X_flat``.
     """
     val, test = episode_set(data, cfg, "val", shots), episode_set(data, cfg, "test", shots)
-    methods: dict[str, tuple[dict, Classifier, np.ndarray]] = {
-        algo: ({"val_acc_train_shots": r["val_acc"]}, learner_classifier(r["learner"]), data.X)
-        for algo, r in learners.items()
+    methods: dict[str, tuple[dict, nn.Module, np.ndarray]] = {
+        algo: ({"val_acc_train_shots": r["val_acc"]}, r["learner"], data.X) for algo, r in learners.items()
     }
-    methods["1-nn"] = ({}, knn_classifier(), data.X_flat)
+    methods["1-nn"] = ({}, NearestNeighbourLearner(), data.X_flat)
     logreg = {f"C={c}": ({"C": c}, logreg_classifier(c)) for c in cfg.logreg_cs}
     _, params, scores = _grid_search(logreg, val, data.X_flat, device)
     methods["logreg"] = (
         {**params, "val_acc": max(scores.values())},
-        logreg_classifier(params["C"]),
+        LogisticRegressionLearner(params["C"]),
         data.X_flat,
     )
     if pretrained is not None:
@@ -195,33 +200,65 @@ def evaluate_shots(
         learner = finetune_learner(
             with_new_head(pretrained, cfg.ways), params["lr"], params["steps"], params["head_only"]
         )
-        methods["pretrain+finetune"] = (
-            {**params, "val_acc": scores[name]},
-            learner_classifier(learner),
-            data.X,
-        )
+        methods["pretrain+finetune"] = ({**params, "val_acc": scores[name]}, learner, data.X)
+    results = {}
+    for name, (params, learner, X) in methods.items():
+        right = predictions(learner_classifier(learner), test, X, device)
+        results[name] = {**_scores(right, test, data.family, cfg.seed), "chosen_on_val": params}
+        if cfg.attacks:
+            results[name]["robust"] = _robust(name, learner, test, X, data, cfg, device)
+    return results
+
+
+def _robust(
+    name: str,
+    learner: nn.Module,
+    test: Episodes,
+    X: np.ndarray,
+    data: ClassifyData,
+    cfg: ClassifyConfig,
+    device,
+) -> dict[str, dict]:
+    """Accuracy under the configured attacks at each budget, with the violations of the adversarial rows."""
+    if data.constraints is None:
+        raise ValueError(f"{cfg.dataset}: this representation has no threat schema to attack within")
+    start = time.perf_counter()
+    attacks = [get_attack(a) for a in cfg.attacks]
+    right, violations = robust_predictions(
+        learner, test, X, data.constraints, attacks, cfg.attack_eps, device, cfg.seed
+    )
+    log.info("robust accuracy of %s in %.1f s", name, time.perf_counter() - start)
     return {
-        name: {
-            **_scores(predictions(clf, test, X, device), test, data.family, cfg.seed),
-            "chosen_on_val": params,
-        }
-        for name, (params, clf, X) in methods.items()
+        eps: {**_scores(r, test, data.family, cfg.seed), "violations": violations[eps]}
+        for eps, r in right.items()
     }
 
 
 def format_table(report: dict) -> str:
-    """Accuracy [95% CI] per method (rows) and shot count (columns), in percent."""
+    """Accuracy [95% CI] per method (rows) and shot count (columns), in percent; then, when attacked, the
+    robust accuracy per budget (columns: shots x eps)."""
     shots = sorted(report["results"], key=int)
     methods = list(report["results"][shots[0]])
     ways = report["ways"]
+
+    def cell(r: dict) -> str:
+        return f"{100 * r['acc']:5.1f} [{100 * r['ci_lo']:4.1f}, {100 * r['ci_hi']:4.1f}]"
+
     head = f"{'method':<18}" + "".join(f"{f'{ways}-way {s}-shot':>24}" for s in shots)
     lines = [head, "-" * len(head)]
     for m in methods:
-        cells = []
-        for s in shots:
-            r = report["results"][s][m]
-            cells.append(f"{100 * r['acc']:5.1f} [{100 * r['ci_lo']:4.1f}, {100 * r['ci_hi']:4.1f}]")
-        lines.append(f"{m:<18}" + "".join(f"{c:>24}" for c in cells))
+        lines.append(f"{m:<18}" + "".join(f"{cell(report['results'][s][m]):>24}" for s in shots))
+    robust = report["results"][shots[0]][methods[0]].get("robust")
+    if robust:
+        cfg = report["config"]
+        attacks = "+".join(cfg["attacks"])
+        lines += ["", f"robust accuracy under {attacks} (worst case per query), by budget eps"]
+        columns = [(s, e) for s in shots for e in robust]
+        head = f"{'method':<18}" + "".join(f"{f'{s}-shot eps={e}':>24}" for s, e in columns)
+        lines += [head, "-" * len(head)]
+        for m in methods:
+            row = "".join(f"{cell(report['results'][s][m]['robust'][e]):>24}" for s, e in columns)
+            lines.append(f"{m:<18}" + row)
     lines.append(report["note"])
     return "\n".join(lines)
 
@@ -290,20 +327,16 @@ def pool_folds(folds: list[dict], cfg: ClassifyConfig) -> dict[str, Any]:
         if None not in best:
             methods["best-meta"] = best
         for method, per_fold in methods.items():
-            by_family: dict[str, list[float]] = {}
-            for f, m in zip(folds, per_fold, strict=True):
-                for fam, acc in f["results"][shot][m]["family_acc"].items():
-                    by_family.setdefault(fam, []).append(acc)
-            mean, lo, hi = family_bootstrap_ci(
-                {k: np.asarray(v) for k, v in by_family.items()}, seed=cfg.seed
-            )
-            results[shot][method] = {
-                "acc": mean,
-                "ci_lo": lo,
-                "ci_hi": hi,
-                "family_acc": {k: float(np.mean(v)) for k, v in by_family.items()},
-                "fold_acc": [f["results"][shot][m]["acc"] for f, m in zip(folds, per_fold, strict=True)],
-            }
+            entries = [f["results"][shot][m] for f, m in zip(folds, per_fold, strict=True)]
+            results[shot][method] = _pool_entries(entries, cfg.seed)
+            if all("robust" in e for e in entries):
+                results[shot][method]["robust"] = {
+                    eps: {
+                        **_pool_entries([e["robust"][eps] for e in entries], cfg.seed),
+                        "violations": _sum_counts([e["robust"][eps]["violations"] for e in entries]),
+                    }
+                    for eps in entries[0]["robust"]
+                }
     return {
         "dataset": cfg.dataset,
         "ways": cfg.ways,
@@ -317,6 +350,30 @@ def pool_folds(folds: list[dict], cfg: ClassifyConfig) -> dict[str, Any]:
         "config": cfg.model_dump(mode="json"),
         "seconds": sum(f["seconds"] for f in folds),
     }
+
+
+def _pool_entries(entries: list[dict], seed: int) -> dict[str, Any]:
+    """One method's per-fold results pooled per held-out family (mean over the folds that held it out)."""
+    by_family: dict[str, list[float]] = {}
+    for entry in entries:
+        for fam, acc in entry["family_acc"].items():
+            by_family.setdefault(fam, []).append(acc)
+    mean, lo, hi = family_bootstrap_ci({k: np.asarray(v) for k, v in by_family.items()}, seed=seed)
+    return {
+        "acc": mean,
+        "ci_lo": lo,
+        "ci_hi": hi,
+        "family_acc": {k: float(np.mean(v)) for k, v in by_family.items()},
+        "fold_acc": [e["acc"] for e in entries],
+    }
+
+
+def _sum_counts(counts: list[dict[str, int]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for c in counts:
+        for k, v in c.items():
+            out[k] = out.get(k, 0) + v
+    return out
 
 
 def classify_run(

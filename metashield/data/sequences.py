@@ -8,7 +8,18 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from metashield.data.schema import FeatureSpec, ThreatSchema
 from metashield.data.types import TabularData
+
+CALL_COUNT = FeatureSpec(
+    lower=0,
+    integer=True,
+    increase_only=True,
+    why="calls of one API in the whole trace: an attacker inserts calls that do nothing (a common evasion of "
+    "API-call classifiers, e.g. Rosenberg et al., RAID 2018), but removing a call the program makes changes "
+    "what it does",
+)
+CALL_SOURCE = "API-call traces: per-API call counts over the whole trace (insertions only)"
 
 
 @dataclass
@@ -82,7 +93,8 @@ class SequenceData:
     def bag_of_calls(self) -> TabularData:
         """Counts [n, len(vocab)] of each token over the whole sequence, as columns ``calls:<vocab name>``.
 
-        Every column is log-scaled (call counts span 0 to over a million); the schema is unconstrained.
+        Every column is log-scaled (call counts span 0 to over a million). Threat model (``CALL_COUNT``):
+        each count is a whole number >= 0 that an attacker can raise by inserting calls but not lower.
         """
         counts = np.zeros((len(self.calls), len(self.vocab)), dtype=np.int64)
         for row, seq in enumerate(self.calls):
@@ -93,4 +105,5 @@ class SequenceData:
             family=self.family.copy(),
             log_scaled=list(columns),
             name=self.name,
+            schema=ThreatSchema(features=dict.fromkeys(columns, CALL_COUNT), source=CALL_SOURCE),
         )

@@ -1,0 +1,168 @@
+"""Robust N-way accuracy (metashield.classify.robust) and the attackable N-way baselines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.neighbors import KNeighborsClassifier
+from torch import nn
+
+from metashield.attacks.constraints import box_constraints
+from metashield.attacks.presets import get_attack
+from metashield.classify import ClassifyConfig, classify_run, pool_folds, prepare_families
+from metashield.classify.robust import robust_predictions
+from metashield.evaluation.baselines import LogisticRegressionLearner, NearestNeighbourLearner
+from metashield.tasks.fixed import Episodes
+from tests.test_classify import TINY, gaussian_families
+from tests.test_classify_rotation import ROTATE, ordered_motif_families
+
+
+def test_n_way_torch_forms_predict_like_scikit_learn() -> None:
+    """The models 1-NN and logistic regression are attacked through must be the ones scored clean."""
+    gen = torch.Generator().manual_seed(0)
+    sy = torch.arange(4).repeat_interleave(5).repeat(3, 1)  # 3 episodes, 4 classes x 5 shots
+    sx = torch.randn(3, 20, 6, generator=gen, dtype=torch.float64) + 1.5 * sy.unsqueeze(-1)
+    qx = torch.randn(3, 40, 6, generator=gen, dtype=torch.float64) * 2
+    knn, logreg = NearestNeighbourLearner(), LogisticRegressionLearner(3.0)
+    knn_pred = knn.predict(knn.adapt(sx, sy), qx).argmax(-1).numpy()
+    logits = logreg.predict(logreg.adapt(sx, sy), qx).numpy()
+    for e in range(3):
+        s, y, q = sx[e].numpy(), sy[e].numpy(), qx[e].numpy()
+        np.testing.assert_array_equal(knn_pred[e], KNeighborsClassifier(n_neighbors=1).fit(s, y).predict(q))
+        reference = LogisticRegression(C=3.0, max_iter=1000).fit(s, y)
+        np.testing.assert_allclose(logits[e], reference.decision_function(q), rtol=0, atol=1e-9)
+
+
+class FixedLinear(nn.Module):
+    """logits = x W^T + b whatever the support set: a classifier whose robustness has a closed form."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        super().__init__()
+        self.weight, self.bias = weight, bias
+
+    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor) -> dict:
+        return {}
+
+    def predict(self, params: dict, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weight.T + self.bias
+
+
+def test_robust_accuracy_of_a_linear_classifier_matches_its_closed_form() -> None:
+    """Under an L-inf ball, query (x, y) of a linear classifier stays right iff for every other class j,
+    (w_y - w_j)·x + b_y - b_j - eps·|w_y - w_j|_1 > 0."""
+    rng = np.random.default_rng(0)
+    weight = torch.tensor(rng.normal(size=(3, 4)))
+    bias = torch.tensor(rng.normal(size=3))
+    X = rng.normal(size=(300, 4))
+    label = (torch.tensor(X) @ weight.T + bias).argmax(-1).numpy()
+    query = np.arange(300).reshape(10, 30)
+    episodes = Episodes(
+        support_idx=np.zeros((10, 3), dtype=np.int64),
+        support_y=np.tile(np.arange(3), (10, 1)),
+        query_idx=query,
+        query_y=label[query],
+    )
+    attacks = [get_attack("pgd", steps=50), get_attack("apgd-margin")]
+    eps = [0.1, 0.3]
+    right, violations = robust_predictions(
+        FixedLinear(weight, bias), episodes, X, box_constraints(4), attacks, eps, torch.device("cpu"), seed=0
+    )
+    z = torch.tensor(X) @ weight.T + bias
+    for e in eps:
+        expected = np.ones(300, dtype=bool)
+        for j in range(3):
+            w = weight[torch.as_tensor(label)] - weight[j]
+            m = z.gather(1, torch.as_tensor(label).unsqueeze(1)).squeeze(1) - z[:, j] - e * w.abs().sum(-1)
+            expected &= (torch.as_tensor(label) == j).numpy() | (m > 0).numpy()
+        np.testing.assert_array_equal(right[str(e)].ravel(), expected[query.ravel()])
+        assert set(violations[str(e)].values()) == {0}
+    assert right["0.3"].mean() < right["0.1"].mean() < 1.0
+
+
+def test_classify_run_reports_robust_accuracy(tmp_path: Path) -> None:
+    cfg = {
+        **TINY,
+        **{"algorithms": ["protonet"], "steps": 20, "eval_shots": [5], "pretrain_steps": 20},
+        **{"attacks": ["pgd"], "attack_eps": [0.25, 3.0]},
+    }
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        report = classify_run(cfg, tmp_path, data=gaussian_families())
+    finally:
+        torch.set_num_threads(before)
+    res = report["results"]["5"]
+    assert set(res) == {"protonet", "1-nn", "logreg", "pretrain+finetune"}
+    for method, r in res.items():
+        robust = r["robust"]
+        assert set(robust) == {"0.25", "3.0"}
+        assert all(set(robust[e]["violations"].values()) == {0} for e in robust)
+        # Clusters ~4.5 z-units apart, 0.13 wide: a quarter z-unit moves no query across, three move all.
+        assert robust["0.25"]["acc"] > 0.6, (method, robust)
+        assert robust["3.0"]["acc"] < 0.2, (method, robust)
+    assert "robust accuracy under pgd" in report["table"] and "5-shot eps=3.0" in report["table"]
+
+
+def test_pooling_keeps_the_robust_accuracy_per_budget() -> None:
+    def fold(k: int, clean: dict[str, float], robust: dict[str, float]) -> dict:
+        entry = {
+            "acc": float(np.mean(list(clean.values()))),
+            "family_acc": clean,
+            "robust": {
+                "1": {
+                    "acc": float(np.mean(list(robust.values()))),
+                    "family_acc": robust,
+                    "violations": {"ball": k},
+                }
+            },
+        }
+        return {
+            "fold": k,
+            "split": {},
+            "seconds": 1.0,
+            "best_meta_learner": "maml",
+            "results": {"5": {"maml": entry}},
+        }
+
+    cfg = ClassifyConfig.model_validate({**ROTATE, "folds": None})
+    pooled = pool_folds(
+        [fold(0, {"a": 1.0, "b": 0.8}, {"a": 0.5, "b": 0.0}), fold(1, {"b": 0.6}, {"b": 0.2})], cfg
+    )
+    robust = pooled["results"]["5"]["maml"]["robust"]["1"]
+    assert robust["family_acc"] == pytest.approx({"a": 0.5, "b": 0.1})
+    assert robust["acc"] == pytest.approx(0.3) and robust["violations"] == {"ball": 1}
+    assert pooled["results"]["5"]["best-meta"]["robust"]["1"]["acc"] == pytest.approx(0.3)
+
+
+def test_call_counts_may_only_rise() -> None:
+    """Bag of calls: whole counts >= 0 that an attacker raises by inserting calls, never lowers."""
+    prep = prepare_families(
+        ordered_motif_families(), ClassifyConfig.model_validate({**ROTATE, "representation": "bag"}), 0
+    )
+    c = prep.constraints
+    assert c is not None and bool(c.increase_only.all()) and c.int_idx.numel() == prep.X.shape[1]
+    x0 = torch.as_tensor(prep.X[:4])
+    up, down = c.edit_steps(x0)
+    assert bool((up >= x0).all()) and torch.equal(down, x0)
+    assert (
+        prepare_families(ordered_motif_families(), ClassifyConfig.model_validate(ROTATE), 0).constraints
+        is None
+    )  # token inputs: no threat schema, so no attack
+
+
+def test_attack_settings_are_validated() -> None:
+    base = {"ways": 5, "n_val": 5, "n_test": 5}
+    for bad, message in (
+        ({"attacks": ["pgd"]}, "go together"),
+        ({"attacks": ["nope"], "attack_eps": [1]}, "unknown"),
+        ({"attacks": ["edits"], "attack_eps": [1.5]}, "whole edits"),
+        ({"attacks": ["edits", "pgd"], "attack_eps": [1]}, "mixes"),
+        ({"attacks": ["pgd"], "attack_eps": [0]}, "> 0"),
+        ({"attacks": ["edits"], "attack_eps": [1], "representation": "tokens"}, "token sequences"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            ClassifyConfig.model_validate({**base, **bad})
