@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
@@ -68,7 +69,7 @@ def test_robust_accuracy_of_a_linear_classifier_matches_its_closed_form() -> Non
     )
     attacks = [get_attack("pgd", steps=50), get_attack("apgd-margin")]
     eps = [0.1, 0.3]
-    right, violations = robust_predictions(
+    right, _, violations = robust_predictions(
         FixedLinear(weight, bias), episodes, X, box_constraints(4), attacks, eps, torch.device("cpu"), seed=0
     )
     z = torch.tensor(X) @ weight.T + bias
@@ -117,6 +118,7 @@ def test_pooling_keeps_the_robust_accuracy_per_budget() -> None:
                     "acc": float(np.mean(list(robust.values()))),
                     "family_acc": robust,
                     "violations": {"ball": k},
+                    "per_attack_acc": {"edits": 0.5 - 0.25 * k},
                 }
             },
         }
@@ -135,6 +137,7 @@ def test_pooling_keeps_the_robust_accuracy_per_budget() -> None:
     robust = pooled["results"]["5"]["maml"]["robust"]["1"]
     assert robust["family_acc"] == pytest.approx({"a": 0.5, "b": 0.1})
     assert robust["acc"] == pytest.approx(0.3) and robust["violations"] == {"ball": 1}
+    assert robust["per_attack_acc"] == pytest.approx({"edits": 0.375})
     assert pooled["results"]["5"]["best-meta"]["robust"]["1"]["acc"] == pytest.approx(0.3)
 
 
@@ -166,3 +169,65 @@ def test_attack_settings_are_validated() -> None:
     ):
         with pytest.raises(ValueError, match=message):
             ClassifyConfig.model_validate({**base, **bad})
+
+
+def _binary_constraints(frozen: set[int], d: int):
+    """z = 2·raw − 1 on every binary column (fitted on a balanced design), ``frozen`` columns immutable."""
+    from metashield.attacks.constraints import compile_constraints
+    from metashield.data import FeaturePipeline, TabularData
+    from metashield.data.schema import FeatureSpec, ThreatSchema
+
+    names = [f"b{j}" for j in range(d)]
+    frame = pd.DataFrame(np.tile([[0] * d, [1] * d], (10, 1)), columns=names)
+    schema = ThreatSchema(
+        features={
+            n: FeatureSpec(lower=0, upper=1, integer=True, mutable=j not in frozen, why="needed")
+            for j, n in enumerate(names)
+        }
+    )
+    data = TabularData(frame=frame, family=np.array(["a"] * 20, dtype=object), schema=schema)
+    pipeline = FeaturePipeline(clip=None).fit(data)
+    return pipeline, compile_constraints(pipeline, schema)
+
+
+def test_nearest_neighbour_edits_reach_a_target_the_gradient_does_not() -> None:
+    """x = 0…0 (class 0); own row r = 1100000000; the nearest other row s1 = 0011100000 differs only in
+    frozen columns, so the gradient of 1-NN's margin (towards s1) has no useful edit. s2 = 0000011110 is
+    reached in 2 edits (distance² 2 < 4 to r), not in 1 (a tie, 3 = 3, which 1-NN does not lose)."""
+    from metashield.attacks.engine import classifier_objective, perturb
+    from metashield.attacks.nearest import nearest_neighbour_edits
+
+    pipeline, c = _binary_constraints({2, 3, 4}, 10)
+    rows = ["0000000000", "1100000000", "0011100000", "0000011110"]
+    raw = pd.DataFrame([[int(ch) for ch in r] for r in rows], columns=pipeline.input_columns)
+    z = torch.tensor(pipeline.transform(raw))
+    x, support = z[:1].unsqueeze(0), z[1:].unsqueeze(0)
+    sy, y = torch.tensor([[0, 1, 1]]), torch.tensor([[0]])
+    knn = NearestNeighbourLearner()
+    params = knn.adapt(support, sy)
+    out = nearest_neighbour_edits(support, sy, x, y, c, [1, 2])
+    assert int(knn.predict(params, out[1]).argmax(-1)) == 0
+    assert int(knn.predict(params, out[2]).argmax(-1)) == 1
+    assert c.edit_count(out[2], x).item() == 2 and set(c.violations(out[2], x, 2, "edits").values()) == {0}
+    objective = classifier_objective(lambda q: knn.predict(params, q), y, "margin")
+    greedy, _ = perturb(objective, x, attack=get_attack("edits"), eps=2, constraints=c)
+    assert int(knn.predict(params, greedy).argmax(-1)) == 0
+
+
+def test_every_single_edit_is_the_exact_one_edit_answer() -> None:
+    """The vectorised search against a loop over every column, on a random MLP and binary rows."""
+    from metashield.classify.robust import _every_single_edit
+
+    torch.manual_seed(0)
+    pipeline, c = _binary_constraints({0}, 7)
+    raw = pd.DataFrame(np.random.default_rng(0).integers(0, 2, (2 * 9, 7)), columns=pipeline.input_columns)
+    x0 = torch.tensor(pipeline.transform(raw)).view(2, 9, 7)
+    net = nn.Sequential(nn.Linear(7, 16), nn.ReLU(), nn.Linear(16, 3))
+    y = net(x0).argmax(-1)
+    got = _every_single_edit(net, x0, y, c)
+    expected = torch.ones(2, 9, dtype=torch.bool)
+    for j in range(1, 7):  # column 0 is frozen
+        flipped = x0.clone()
+        flipped[..., j] = -flipped[..., j]  # z = ±1: one edit flips the bit
+        expected &= net(flipped).argmax(-1) == y
+    assert torch.equal(got, expected) and 0 < int(got.sum()) < 18

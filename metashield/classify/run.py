@@ -224,12 +224,16 @@ def _robust(
         raise ValueError(f"{cfg.dataset}: this representation has no threat schema to attack within")
     start = time.perf_counter()
     attacks = [get_attack(a) for a in cfg.attacks]
-    right, violations = robust_predictions(
+    right, alone, violations = robust_predictions(
         learner, test, X, data.constraints, attacks, cfg.attack_eps, device, cfg.seed
     )
     log.info("robust accuracy of %s in %.1f s", name, time.perf_counter() - start)
     return {
-        eps: {**_scores(r, test, data.family, cfg.seed), "violations": violations[eps]}
+        eps: {
+            **_scores(r, test, data.family, cfg.seed),
+            "per_attack_acc": {a: float(ok.mean()) for a, ok in alone[eps].items()},
+            "violations": violations[eps],
+        }
         for eps, r in right.items()
     }
 
@@ -334,6 +338,10 @@ def pool_folds(folds: list[dict], cfg: ClassifyConfig) -> dict[str, Any]:
                     eps: {
                         **_pool_entries([e["robust"][eps] for e in entries], cfg.seed),
                         "violations": _sum_counts([e["robust"][eps]["violations"] for e in entries]),
+                        "per_attack_acc": {
+                            a: float(np.mean([e["robust"][eps]["per_attack_acc"][a] for e in entries]))
+                            for a in entries[0]["robust"][eps]["per_attack_acc"]
+                        },
                     }
                     for eps in entries[0]["robust"]
                 }
