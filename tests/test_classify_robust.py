@@ -214,20 +214,39 @@ def test_nearest_neighbour_edits_reach_a_target_the_gradient_does_not() -> None:
     assert int(knn.predict(params, greedy).argmax(-1)) == 0
 
 
-def test_every_single_edit_is_the_exact_one_edit_answer() -> None:
-    """The vectorised search against a loop over every column, on a random MLP and binary rows."""
-    from metashield.classify.robust import _every_single_edit
+def test_exact_greedy_edits_against_a_loop_over_every_edit() -> None:
+    """The vectorised search against loops over every column, on a random MLP and binary rows."""
+    from metashield.classify.robust import _exact_greedy
 
     torch.manual_seed(0)
     pipeline, c = _binary_constraints({0}, 7)
     raw = pd.DataFrame(np.random.default_rng(0).integers(0, 2, (2 * 9, 7)), columns=pipeline.input_columns)
     x0 = torch.tensor(pipeline.transform(raw)).view(2, 9, 7)
-    net = nn.Sequential(nn.Linear(7, 16), nn.ReLU(), nn.Linear(16, 3))
+    net = nn.Sequential(nn.Linear(7, 16), nn.ReLU(), nn.Linear(16, 3)).requires_grad_(False)
     y = net(x0).argmax(-1)
-    got = _every_single_edit(net, x0, y, c)
+    got, after_two = _exact_greedy(net, x0, y, c, rounds=2, block=3)
     expected = torch.ones(2, 9, dtype=torch.bool)
     for j in range(1, 7):  # column 0 is frozen
         flipped = x0.clone()
         flipped[..., j] = -flipped[..., j]  # z = ±1: one edit flips the bit
         expected &= net(flipped).argmax(-1) == y
     assert torch.equal(got, expected) and 0 < int(got.sum()) < 18
+    # Two edits: the best first edit (lowest true margin), then every second one; never better than one.
+    pairs = torch.ones(2, 9, dtype=torch.bool)
+    for t in range(2):
+        for m in range(9):
+            if not got[t, m]:
+                pairs[t, m] = False
+                continue
+            margins = []
+            for j in range(1, 7):
+                one = x0[t, m].clone()
+                one[j] = -one[j]
+                z = net(one)
+                margins.append((float(z[y[t, m]] - z[torch.arange(3) != y[t, m]].max()), j, one))
+            _, _, first = min(margins, key=lambda item: item[0])
+            for j in range(1, 7):  # flipping the first edit back is a candidate too (it gives x0)
+                two = first.clone()
+                two[j] = -two[j]
+                pairs[t, m] &= bool(net(two).argmax() == y[t, m])
+    assert torch.equal(after_two, pairs) and bool((after_two <= got).all())
