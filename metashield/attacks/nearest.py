@@ -3,7 +3,7 @@
 1-NN changes its answer only when a support row of another class becomes the nearest. The gradient of its
 distance margin points at the CURRENT nearest row of another class, often not the cheapest to reach, and
 a greedy attack that follows it stalls on binary features (on Drebin families it left 19% of 5-shot queries
-right after 10 edits where this attack leaves 2%). Here every support row of another class is tried as the
+right after 10 edits where this attack leaves 3%). Here every support row of another class is tried as the
 target, in the spirit of the region-based attacks on nearest neighbours (Yang et al., AISTATS 2020): the
 query moves one unit edit at a time towards the target, each time on the coordinate that most shrinks its
 distance to the target relative to its nearest row of its own class, and it succeeds once the target is
