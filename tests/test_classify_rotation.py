@@ -198,6 +198,9 @@ def test_mal_api_smoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         val_episodes=5,
         test_episodes=10,
         pretrain_steps=0,
+        representation="tokens",
+        attacks=[],
+        attack_eps=[],
         sequence={**cfg["sequence"], "max_len": 64},
     )
     report = classify_run(cfg, tmp_path / "run")
