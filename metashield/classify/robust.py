@@ -126,43 +126,70 @@ def _add(total: dict[str, int], counts: dict[str, int]) -> None:
 
 
 EXACT_ROUNDS = 10
-"""Rounds of ``exact-greedy-edits``: each costs a forward pass per feasible single edit of every query, so a
-larger budget (Mal-API's 100 inserted calls) gets its first 10 edits from it and the rest from the others."""
+"""Most rounds of ``exact-greedy-edits``; a larger budget (Mal-API's 100 inserted calls) gets its first 10
+edits from it and the whole budget from the other attacks."""
+
+SHORTLIST = 32
+"""Edits tried exactly in every round after the first: those with the largest first-order gain."""
 
 
 def _exact_greedy(
     forward, x0: torch.Tensor, y: torch.Tensor, constraints: Constraints, rounds: int, block: int
 ) -> list[torch.Tensor]:
-    """bool [T, M] per round r = 1..rounds: whether each query is still right after r edits, each the single
-    feasible edit (one unit of one column, up or down) that lowers the true margin most, every edit tried. A
-    query wrong under ANY candidate of a round is counted wrong, so round 1 is the exact one-edit answer."""
-    t, m, d = x0.shape
+    """bool [T, M] per round r = 1..rounds: whether each query is still right after r edits (one unit of one
+    column, up or down), each round taking the candidate with the lowest TRUE margin. Round 1 tries every
+    feasible edit and counts a query wrong if any candidate fools the model, so it is the exact one-edit
+    answer; later rounds try the ``SHORTLIST`` edits with the largest first-order gain: one forward pass per
+    round instead of one per ``block`` columns (2 x 204 / 32 = 13 on Drebin)."""
     x = x0.clone()
-    held = torch.ones(t, m, dtype=torch.bool, device=x0.device)
-    eye = torch.eye(d, dtype=torch.bool, device=x0.device)
+    held = torch.ones(y.shape, dtype=torch.bool, device=x0.device)
     out = []
-    with torch.no_grad():
-        for _ in range(rounds):
-            up, down = constraints.edit_steps(x)
-            best = torch.full((t, m), torch.inf, dtype=torch.float64, device=x.device)
-            best_x = x
-            for lo in range(0, d, block):
-                cols = torch.arange(lo, min(lo + block, d), device=x.device)
-                mask = eye[cols]  # [B, D]: candidate b edits column cols[b]
-                for steps in (up, down):
-                    moved = steps[..., cols] != x[..., cols]  # [T, M, B]
-                    if not bool(moved.any()):
-                        continue
-                    cand = torch.where(mask, steps.unsqueeze(2), x.unsqueeze(2))  # [T, M, B, D]
-                    logits = forward(cand.reshape(t, m * len(cols), d)).view(t, m, len(cols), -1)
-                    score = margin(logits, y.unsqueeze(-1).expand(t, m, len(cols))).double()
-                    held &= ~(moved & (logits.argmax(-1) != y.unsqueeze(-1))).any(-1)
-                    score = score.masked_fill(~moved, torch.inf)
-                    low, at = score.min(-1)
-                    better = low < best
-                    best = torch.where(better, low, best)
-                    pick = cand.gather(2, at.view(t, m, 1, 1).expand(t, m, 1, d)).squeeze(2)
-                    best_x = torch.where(better.unsqueeze(-1), pick, best_x)
-            x = best_x
-            out.append(held.clone())
+    for r in range(rounds):
+        up, down = constraints.edit_steps(x)
+        groups = _all_edits(x, up, down, block) if r == 0 else [_top_edits(forward, x, y, up, down)]
+        best = torch.full(y.shape, torch.inf, dtype=torch.float64, device=x.device)
+        best_x = x
+        with torch.no_grad():
+            for cand, moved in groups:
+                t, m, b, d = cand.shape
+                logits = forward(cand.reshape(t, m * b, d)).view(t, m, b, -1)
+                held &= ~(moved & (logits.argmax(-1) != y.unsqueeze(-1))).any(-1)
+                score = (
+                    margin(logits, y.unsqueeze(-1).expand(t, m, b)).double().masked_fill(~moved, torch.inf)
+                )
+                low, at = score.min(-1)
+                better = low < best
+                best = torch.where(better, low, best)
+                pick = cand.gather(2, at.view(t, m, 1, 1).expand(t, m, 1, d)).squeeze(2)
+                best_x = torch.where(better.unsqueeze(-1), pick, best_x)
+        x = best_x
+        out.append(held.clone())
     return out
+
+
+def _all_edits(x: torch.Tensor, up: torch.Tensor, down: torch.Tensor, block: int):
+    """(candidates [T, M, B, D], moved [T, M, B]) for every column and direction, ``block`` columns a time."""
+    d = x.shape[-1]
+    eye = torch.eye(d, dtype=torch.bool, device=x.device)
+    for lo in range(0, d, block):
+        cols = torch.arange(lo, min(lo + block, d), device=x.device)
+        for steps in (up, down):
+            moved = steps[..., cols] != x[..., cols]
+            if bool(moved.any()):
+                yield torch.where(eye[cols], steps.unsqueeze(2), x.unsqueeze(2)), moved
+
+
+def _top_edits(forward, x: torch.Tensor, y: torch.Tensor, up: torch.Tensor, down: torch.Tensor):
+    """(candidates [T, M, K, D], moved [T, M, K]): the K single edits with the largest first-order drop of the
+    margin."""
+    with torch.enable_grad():
+        xg = x.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(margin(forward(xg), y).sum(), xg)
+    steps = torch.cat([up, down], dim=-1)  # [T, M, 2D]: every single edit, up then down
+    delta = steps - torch.cat([x, x], dim=-1)
+    gain = (-torch.cat([g, g], dim=-1) * delta).masked_fill(delta == 0, -torch.inf)
+    top = gain.topk(min(SHORTLIST, gain.shape[-1]), dim=-1)
+    cols = top.indices % x.shape[-1]
+    cand = x.unsqueeze(2).expand(*x.shape[:2], cols.shape[-1], x.shape[-1]).clone()
+    cand.scatter_(-1, cols.unsqueeze(-1), steps.gather(-1, top.indices).unsqueeze(-1))
+    return cand, torch.isfinite(top.values)
