@@ -126,8 +126,8 @@ def _add(total: dict[str, int], counts: dict[str, int]) -> None:
 
 
 EXACT_ROUNDS = 10
-"""Most rounds of ``exact-greedy-edits``; a larger budget (Mal-API's 100 inserted calls) gets its first 10
-edits from it and the whole budget from the other attacks."""
+"""Most rounds of ``exact-greedy-edits``; a larger budget gets its first 10 edits from it and the whole
+budget from the other attacks."""
 
 SHORTLIST = 32
 """Edits tried exactly in every round after the first: those with the largest first-order gain."""
