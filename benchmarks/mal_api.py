@@ -88,7 +88,7 @@ def robust_table(pooled: dict[str, dict]) -> str:
     for variant, rep in pooled.items():
         shots = sorted(rep["results"], key=int)
         methods = list(rep["results"][shots[0]])
-        budgets = list(rep["results"][shots[0]][methods[0]].get("robust", {}))
+        budgets = sorted(rep["results"][shots[0]][methods[0]].get("robust", {}), key=float)
         if not budgets:
             continue
         columns = [(s, e) for s in shots for e in budgets]
@@ -98,7 +98,7 @@ def robust_table(pooled: dict[str, dict]) -> str:
             "| method | clean "
             + " | ".join(f"{s}-shot" for s in shots)
             + " | "
-            + " | ".join(f"{s}-shot {e} calls" for s, e in columns)
+            + " | ".join(f"{s}-shot {float(e):g} calls" for s, e in columns)
             + " |"
         )
         out.append("|---|" + "---|" * (len(shots) + len(columns)))

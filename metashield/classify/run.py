@@ -257,8 +257,8 @@ def format_table(report: dict) -> str:
         cfg = report["config"]
         attacks = "+".join(cfg["attacks"])
         lines += ["", f"robust accuracy under {attacks} (worst case per query), by budget eps"]
-        columns = [(s, e) for s in shots for e in robust]
-        head = f"{'method':<18}" + "".join(f"{f'{s}-shot eps={e}':>24}" for s, e in columns)
+        columns = [(s, e) for s in shots for e in sorted(robust, key=float)]
+        head = f"{'method':<18}" + "".join(f"{f'{s}-shot eps={float(e):g}':>24}" for s, e in columns)
         lines += [head, "-" * len(head)]
         for m in methods:
             row = "".join(f"{cell(report['results'][s][m]['robust'][e]):>24}" for s, e in columns)
