@@ -42,10 +42,11 @@ def robust_predictions(
     per attack alone; and the constraint violations of the adversarial queries (all 0 for a valid attack).
 
     Under the edits budget two more attacks join the ensemble. ``exact-greedy-edits`` takes, each round, the
-    single edit that lowers the true margin most after trying every one (``EXACT_ROUNDS`` rounds at most; one
-    round against 1-NN, whose every candidate costs a pass over the support set), so at a budget of 1 the
-    robust accuracy is exact. Against 1-NN, ``nearest-neighbour-edits`` (``attacks.nearest``) aims at every
-    support row of another class, which the gradient does not.
+    candidate edit that lowers the true margin most: every single edit in round 1, so at a budget of 1 the
+    robust accuracy is exact, then the ``SHORTLIST`` best first-order ones (``EXACT_ROUNDS`` rounds at most;
+    one round against 1-NN, whose every candidate costs a pass over the support set). Against 1-NN,
+    ``nearest-neighbour-edits`` (``attacks.nearest``) aims at every support row of another class, which the
+    gradient does not.
     """
     if not attacks or not eps:
         raise ValueError("robust_predictions needs at least one attack and one budget")
