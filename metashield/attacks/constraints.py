@@ -12,7 +12,7 @@ earlier one.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from functools import partial
 
@@ -223,6 +223,15 @@ class Constraints:
             bad_group |= ~(valid & ((is_one.sum(-1) == 1) | unchanged))
         counts["one_hot"] = bad_group
         return {name: int(mask.sum()) for name, mask in counts.items()}
+
+
+def sum_violations(counts: Iterable[Mapping[str, int]]) -> dict[str, int]:
+    """Per-constraint totals of several ``Constraints.violations`` results (attacks, batches, folds)."""
+    total: dict[str, int] = {}
+    for c in counts:
+        for name, n in c.items():
+            total[name] = total.get(name, 0) + n
+    return total
 
 
 def _pick_category(indicator: Tensor, original: Tensor, one: Tensor, zero: Tensor, banned=None) -> Tensor:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from metashield.attacks.constraints import Constraints
+from metashield.attacks.constraints import Constraints, sum_violations
 from metashield.attacks.engine import Attack, classifier_objective, margin, perturb
 from metashield.attacks.nearest import nearest_neighbour_edits
 from metashield.evaluation.baselines import NearestNeighbourLearner
@@ -60,7 +60,7 @@ def robust_predictions(
     learner.eval()
     right: dict[str, list[np.ndarray]] = {str(e): [] for e in eps}
     alone = {str(e): {n: [] for n in names} for e in eps}
-    violations: dict[str, dict[str, int]] = {str(e): {} for e in eps}
+    violations: dict[str, list[dict[str, int]]] = {str(e): [] for e in eps}
     for start in range(0, len(sx), CHUNK):
         part = slice(start, start + CHUNK)
         with torch.no_grad():
@@ -76,12 +76,13 @@ def robust_predictions(
                 return forward(x).argmax(-1) == y
 
         clean = correct(x0)
+        feasible = constraints.to(x0)
         exact = (
             _exact_greedy(
                 forward,
                 x0,
                 y,
-                constraints.to(x0),
+                feasible,
                 rounds=1 if knn else min(EXACT_ROUNDS, int(max(eps))),
                 block=2 if knn else 32,
             )
@@ -89,7 +90,7 @@ def robust_predictions(
             else []
         )
         nearest = (
-            nearest_neighbour_edits(sx[part], sy[part], x0, y, constraints, [int(e) for e in eps])
+            nearest_neighbour_edits(sx[part], sy[part], x0, y, feasible, [int(e) for e in eps])
             if NEAREST in names
             else {}
         )
@@ -99,7 +100,7 @@ def robust_predictions(
             for i, attack in enumerate(attacks):
                 objective = classifier_objective(forward, y, attack.loss)
                 x_adv, _ = perturb(
-                    objective, x0, attack=attack, eps=e, constraints=constraints, seed=seed + 1000 * i + start
+                    objective, x0, attack=attack, eps=e, constraints=feasible, seed=seed + 1000 * i + start
                 )
                 found[attack.name] = (x_adv, attack.norm)
             if NEAREST in names:
@@ -108,7 +109,7 @@ def robust_predictions(
                 ok = correct(x_adv) & clean
                 held &= ok
                 alone[str(e)][name].append(ok.cpu().numpy())
-                _add(violations[str(e)], constraints.to(x0).violations(x_adv, x0, e, norm))
+                violations[str(e)].append(feasible.violations(x_adv, x0, e, norm))
             if exact:
                 ok = exact[min(int(e), len(exact)) - 1] & clean
                 held &= ok
@@ -117,13 +118,8 @@ def robust_predictions(
     return (
         {k: np.concatenate(v) for k, v in right.items()},
         {k: {n: np.concatenate(v) for n, v in per.items()} for k, per in alone.items()},
-        violations,
+        {k: sum_violations(v) for k, v in violations.items()},
     )
-
-
-def _add(total: dict[str, int], counts: dict[str, int]) -> None:
-    for name, n in counts.items():
-        total[name] = total.get(name, 0) + n
 
 
 EXACT_ROUNDS = 10

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from metashield.attacks.constraints import Constraints
+from metashield.attacks.constraints import Constraints, sum_violations
 from metashield.attacks.engine import Attack, classifier_objective, perturb
 from metashield.attacks.fast_mlp import Layers, MLPObjective
 from metashield.attacks.presets import DEFAULT_ENSEMBLE, get_attack
@@ -119,16 +119,16 @@ def robust_evaluate(
     }
     per_eps: dict[float, dict[str, Tensor]] = {}
     for e in eps:
-        per_attack, violations = {}, {}
+        per_attack, violations = {}, []
         for i, attack in enumerate(ensemble):
             scores, bad = attack_scores(forward, attack_x, attack, e, constraints, seed + i, layers)
             per_attack[attack.name] = scores
-            violations = {k: violations.get(k, 0) + v for k, v in bad.items()}
+            violations.append(bad)
         per_eps[e] = per_attack
         out["robust"][str(e)] = {
             "tpr": detected(worst_case([clean, *per_attack.values()]), thresholds).tolist(),
             "per_attack_tpr": {n: detected(s, thresholds).tolist() for n, s in per_attack.items()},
-            "violations": violations,
+            "violations": sum_violations(violations),
         }
     if sanity:
         out["sanity"] = _sanity(
