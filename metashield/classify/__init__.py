@@ -2,7 +2,8 @@
 
 from metashield.classify.config import ClassifyConfig, SequenceModelConfig, load_classify_config
 from metashield.classify.prepare import ClassifyData, build_model, fold_split, prepare_families
-from metashield.classify.run import classify_run, episode_set, evaluate_shots, pool_folds, run_fold
+from metashield.classify.report import pool_folds
+from metashield.classify.run import classify_run, episode_set, evaluate_shots, run_fold
 
 __all__ = [
     "ClassifyConfig",
