@@ -102,8 +102,8 @@ def logreg_scorer(C: float) -> Scorer:
 
 
 class NearestNeighbourLearner(nn.Module):
-    """``knn_scorer`` (and N-way ``knn_classifier``) as a learner (``adapt``/``predict``), so evasion attacks
-    can take its gradient.
+    """``knn_scorer`` as a learner (``adapt``/``predict``), so evasion attacks can take its gradient; for N
+    classes it is also ``metashield classify``'s 1-NN (a tie between classes goes to the lowest label).
 
     ``adapt`` keeps the support set; ``predict`` gives logits [T, M, C] = minus the Euclidean distance to the
     nearest support row of each class 0..C-1 (C read from the labels). For C = 2 the margin is

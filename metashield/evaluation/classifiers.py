@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from metashield.evaluation.baselines import LogisticRegressionLearner, NearestNeighbourLearner
+from metashield.evaluation.baselines import LogisticRegressionLearner
 
 Classifier = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], np.ndarray]
 
@@ -37,11 +37,6 @@ def learner_classifier(learner: nn.Module) -> Classifier:
         return np.concatenate(out)
 
     return classify
-
-
-def knn_classifier() -> Classifier:
-    """1-nearest neighbour (Euclidean) on the support set; a tie between classes goes to the lowest label."""
-    return learner_classifier(NearestNeighbourLearner())
 
 
 def logreg_classifier(C: float) -> Classifier:
