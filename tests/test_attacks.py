@@ -339,9 +339,10 @@ def test_closed_form_mlp_gradient_equals_autograd_shared_and_per_task(loss):
 
 @pytest.mark.parametrize("per_task", [False, True])
 def test_restricted_mlp_objective_equals_the_full_one_where_the_attack_can_move(per_task):
-    """``MLPObjective.restrict`` precomputes the first layer's share of the immutable columns: values and
-    the free columns' gradient must equal the full objective's, and the engine must land on the same
-    adversarial examples as the autograd path under a schema that freezes most columns."""
+    """``MLPObjective.restrict`` precomputes the first layer's share of the immutable columns and takes the
+    free columns alone: values and their gradient must equal the full objective's, and the engine (whose
+    iterates then hold the free columns only) must land on the same adversarial examples as the autograd
+    path on full inputs under a schema that freezes most columns."""
     import dataclasses
 
     from metashield.attacks.fast_mlp import MLPObjective, mlp_layers
@@ -349,7 +350,7 @@ def test_restricted_mlp_objective_equals_the_full_one_where_the_attack_can_move(
     from metashield.models import MLP
 
     torch.manual_seed(1)
-    d = 21  # 7 free columns: the read width is rounded up to 16 with fixed columns of zero weight
+    d = 21  # 7 free columns: the first layer's backward is padded to 16 columns
     model = MLP(d, (32, 16), 2).double()
     x = torch.randn(3, 9, d, dtype=torch.float64)
     y = torch.randint(0, 2, (3, 9))
@@ -368,19 +369,65 @@ def test_restricted_mlp_objective_equals_the_full_one_where_the_attack_can_move(
     # Any point that keeps the fixed columns at x: same loss, score and free-column gradient.
     moved = torch.where(mutable, x + torch.randn_like(x), x)
     want = full.value_and_grad(moved)
-    got = restricted.value_and_grad(moved)
+    got = restricted.value_and_grad(moved[..., mutable])
     for a, b in zip(got[:2], want[:2], strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
-    torch.testing.assert_close(got[2][..., mutable], want[2][..., mutable], rtol=0, atol=1e-12)
-    assert not got[2][..., ~mutable].any()
+    torch.testing.assert_close(got[2], want[2][..., mutable], rtol=0, atol=1e-12)
     with pytest.raises(ValueError, match="already restricted"):
         restricted.restrict(x, mutable)
     # Through the engine (which restricts L∞ attacks on its own) against autograd on the full model.
     box = box_constraints(d, dtype=torch.float64)
     frozen = dataclasses.replace(box, mutable=mutable)
     reference = classifier_objective(forward, y, "ce")
-    for name in ("pgd", "apgd-ce"):
+    for name in ("pgd", "apgd-ce", "square"):
         a, _ = perturb(full, x, attack=get_attack(name), eps=0.3, constraints=frozen)
         b, _ = perturb(reference, x, attack=get_attack(name), eps=0.3, constraints=frozen)
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
         assert torch.equal(a[..., ~mutable], x[..., ~mutable])
+
+
+def test_selected_constraints_project_the_selected_columns_as_the_full_ones_do(fitted):
+    """``Constraints.select``: integer grids, log-scaled counts and a one-hot group keep their meaning when
+    the inputs hold the mutable columns only; a group split by the selection is an error."""
+    data, pipeline, c = fitted
+    x0 = torch.tensor(pipeline.transform(data.frame))
+    candidate = x0 + 4 * torch.randn(x0.shape, generator=torch.Generator().manual_seed(3))
+    sub = c.select(c.mutable)
+    assert sub.n_features == int(c.mutable.sum()) and bool(sub.mutable.all())
+    for norm in ("linf", "l2"):
+        full = c.project(candidate.clone(), x0, 3.0, norm)
+        part = sub.project(candidate[:, c.mutable].clone(), x0[:, c.mutable], 3.0, norm)
+        torch.testing.assert_close(part, full[:, c.mutable], rtol=0, atol=0)
+    up, down = c.edit_steps(x0)
+    sub_up, sub_down = sub.edit_steps(x0[:, c.mutable])
+    assert torch.equal(sub_up, up[:, c.mutable]) and torch.equal(sub_down, down[:, c.mutable])
+    split = c.mutable.clone()
+    split[c.groups[0][0]] = False
+    with pytest.raises(ValueError, match="one-hot group .* only partly selected"):
+        c.select(split)
+
+
+def test_every_rule_lands_on_the_same_examples_in_the_mutable_columns_as_on_full_inputs(fitted):
+    """Under a schema with integer, log-scaled, one-hot and immutable columns, the engine's fast path (the
+    iterates hold the mutable columns, ``MLPObjective.restrict``) and autograd on full inputs agree for
+    every step rule, random starts and Square's random draws included."""
+    from metashield.attacks.fast_mlp import MLPObjective, mlp_layers
+    from metashield.models import MLP
+
+    data, pipeline, c32 = fitted
+    c = c32.to(torch.zeros((), dtype=torch.float64))
+    x0 = torch.tensor(pipeline.transform(data.frame[:64]), dtype=torch.float64)
+    torch.manual_seed(2)
+    model = MLP(x0.shape[1], (24, 16), 2).double()
+    y = torch.ones(len(x0), dtype=torch.int64)
+    for name, eps in (("pgd", 2.0), ("apgd-margin", 2.0), ("square", 2.0), ("edits", 3)):
+        attack = get_attack(name, steps=30) if name == "square" else get_attack(name)
+        fast = MLPObjective(mlp_layers(model), y, attack.loss)
+        reference = classifier_objective(model, y, attack.loss)
+        a, score_a = perturb(fast, x0, attack=attack, eps=eps, constraints=c, seed=5)
+        b, score_b = perturb(reference, x0, attack=attack, eps=eps, constraints=c, seed=5)
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+        torch.testing.assert_close(score_a, score_b, rtol=0, atol=1e-12)
+        assert (a - x0).abs().amax() > 0, name
+        # Checked at the pipeline's float32 precision, in which x0's untouched integer values were written.
+        assert sum(c32.violations(a.float(), x0.float(), eps, attack.norm).values()) == 0

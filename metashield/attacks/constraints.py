@@ -94,6 +94,37 @@ class Constraints:
         moved["groups"] = tuple(g.to(device=like.device) for g in self.groups)
         return replace(self, **moved)
 
+    def select(self, columns: Tensor) -> Constraints:
+        """The constraints of the columns where bool [D] ``columns`` is set, for inputs [..., k] that hold
+        only those columns. A one-hot group must be selected whole or not at all."""
+        if columns.shape != self.mutable.shape or columns.dtype != torch.bool:
+            raise ValueError(f"columns must be a bool mask of shape [{self.n_features}], got {columns}")
+        position = torch.cumsum(columns, 0) - 1
+        kept_ints = columns[self.int_idx]
+        groups = []
+        for group in self.groups:
+            inside = columns[group]
+            if bool(inside.any()) != bool(inside.all()):
+                names = [self.names[j] for j in group.tolist()]
+                raise ValueError(f"one-hot group {names} is only partly selected")
+            if bool(inside.all()):
+                groups.append(position[group])
+        return replace(
+            self,
+            lower=self.lower[columns],
+            upper=self.upper[columns],
+            mutable=self.mutable[columns],
+            increase_only=self.increase_only[columns],
+            int_idx=position[self.int_idx[kept_ints]],
+            int_mean=self.int_mean[kept_ints],
+            int_std=self.int_std[kept_ints],
+            int_log=self.int_log[kept_ints],
+            groups=tuple(groups),
+            one_z=self.one_z[columns],
+            zero_z=self.zero_z[columns],
+            names=tuple(n for n, keep in zip(self.names, columns.tolist(), strict=True) if keep),
+        )
+
     def tolerance(self, dtype: torch.dtype) -> float:
         """Slack for checks: a few ulps at the largest |z| the pipeline produces."""
         scale = max(1.0, self.clip or 1.0)

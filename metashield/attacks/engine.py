@@ -31,8 +31,8 @@ from metashield.attacks.constraints import Constraints, check_eps, check_norm
 Objective = Callable[[Tensor], tuple[Tensor, Tensor]]
 """x [..., D] -> (loss to ascend, score the attacker wants low), both of the unit shape. An objective may
 also offer ``value_and_grad(x) -> (loss, score, d sum(loss)/dx)``, used instead of autograd, and
-``restrict(x0, columns)``, a copy specialised to inputs that move only in ``columns``
-(``attacks.fast_mlp``)."""
+``restrict(x0, columns)``, the objective as a function of the columns that move alone, the others held at
+x0 (``attacks.fast_mlp``)."""
 
 LOSSES = ("ce", "margin")
 RULES = ("pgd", "apgd", "square", "greedy")
@@ -132,12 +132,18 @@ class _Run:
         constraints: Constraints,
         free: Tensor | None,
     ) -> None:
+        self.full_x0, self.full_mutable, self.columns = x0, constraints.mutable, None
         # Sign steps and edits never use the gradient of an immutable column, and the projection holds those
-        # columns at x0, so an objective that can (``MLPObjective.restrict``) skips their share of the work.
-        # L2 steps normalise the whole gradient, so they keep the full objective.
+        # columns at x0. So where the objective can (``MLPObjective.restrict``), the iterates hold the
+        # mutable columns only: the objective precomputes the rest, and every step's elementwise work and
+        # projection shrink to those columns (47 of NSL-KDD's 121). L2 steps normalise the whole gradient,
+        # so they keep the full objective.
         restrict = getattr(objective, "restrict", None)
         if restrict is not None and attack.norm != "l2" and not bool(constraints.mutable.all()):
             objective = restrict(x0, constraints.mutable)
+            self.columns = constraints.mutable.nonzero().squeeze(-1)
+            constraints = constraints.select(constraints.mutable)
+            x0 = x0.index_select(-1, self.columns)
         self.objective, self.x0, self.eps, self.attack = objective, x0, eps, attack
         self.constraints = constraints
         self.free = None if free is None else free.unsqueeze(-1)
@@ -146,6 +152,14 @@ class _Run:
         with torch.no_grad():
             _, score = objective(x0)
         self.best_x, self.best_score = x0.clone(), score.detach().clone()
+
+    def narrow(self, t: Tensor) -> Tensor:
+        """The columns of full-width ``t`` [..., D] that the iterates hold."""
+        return t if self.columns is None else t.index_select(-1, self.columns)
+
+    def widen(self, x: Tensor) -> Tensor:
+        """An iterate as a full input [..., D]: x0 outside the columns it holds."""
+        return x if self.columns is None else self.full_x0.index_copy(-1, self.columns, x)
 
     def project(self, x: Tensor) -> Tensor:
         x = self.projector(x)
@@ -204,13 +218,14 @@ def perturb(
     gen = torch.Generator(device=x0.device).manual_seed(seed)
     run = _Run(objective, x0, eps, attack, constraints, free)
     if eps == 0:
-        return run.best_x, run.best_score
+        return run.widen(run.best_x), run.best_score
     rule = {"pgd": _pgd, "apgd": _apgd, "square": _square, "greedy": _greedy}[attack.rule]
     for _ in range(attack.restarts):
         random = attack.random_start and attack.norm != "edits"
-        start = run.project(_random_start(x0, eps, attack.norm, gen)) if random else x0
+        # Drawn at full width whatever the iterates hold, so a seed gives the same attack either way.
+        start = run.project(run.narrow(_random_start(x0, eps, attack.norm, gen))) if random else run.x0
         last, last_score = rule(run, start, gen)
-    return (run.best_x, run.best_score) if run.track else (last, last_score)
+    return (run.widen(run.best_x), run.best_score) if run.track else (run.widen(last), last_score)
 
 
 def _pgd(run: _Run, x: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -282,24 +297,28 @@ def _square(run: _Run, x: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]
     def vertex(shape: torch.Size) -> Tensor:
         return eps * (2 * torch.randint(0, 2, shape, generator=gen, device=device) - 1).to(dtype)
 
-    mutable = run.constraints.mutable
+    # Random draws are full width (``run.narrow`` keeps the held columns), so a seed gives the same attack
+    # whichever columns the iterates hold.
+    mutable = run.full_mutable
+    shape = x.shape[:-1] + mutable.shape
     n_mutable = max(1, int(mutable.sum()))
     # Square starts at a vertex of the ball (L∞) whatever ``random_start`` says: vertices are where
     # a score-based search over an L∞ ball does best.
     if norm == "linf":
-        x = run.project(run.x0 + torch.where(mutable, vertex(x.shape), torch.zeros_like(x)))
+        start = torch.where(mutable, vertex(shape), torch.zeros(shape, device=device, dtype=dtype))
+        x = run.project(run.x0 + run.narrow(start))
     _, score, _ = run.evaluate(x, need_grad=False)
     current, current_score = x, score
     for i in range(run.attack.steps):
         # The fraction of coordinates resampled halves at fixed fractions of the budget, as in Square.
         fraction = 0.3 * 0.5 ** sum(i >= int(f * run.attack.steps) for f in (0.01, 0.05, 0.2, 0.4, 0.6, 0.8))
         k = max(1, round(fraction * n_mutable))
-        keys = torch.rand(x.shape, generator=gen, device=device, dtype=dtype).masked_fill(~mutable, 2.0)
-        chosen = keys <= keys.kthvalue(k, dim=-1, keepdim=True).values
+        keys = torch.rand(shape, generator=gen, device=device, dtype=dtype).masked_fill(~mutable, 2.0)
+        chosen = run.narrow(keys <= keys.kthvalue(k, dim=-1, keepdim=True).values)
         if norm == "linf":
-            proposal = torch.where(chosen, run.x0 + vertex(x.shape), current)
+            proposal = torch.where(chosen, run.x0 + run.narrow(vertex(shape)), current)
         else:
-            noise = torch.randn(x.shape, generator=gen, device=device, dtype=dtype)
+            noise = run.narrow(torch.randn(shape, generator=gen, device=device, dtype=dtype))
             proposal = current + torch.where(chosen, noise, torch.zeros_like(noise)) * eps / math.sqrt(k)
         proposal = run.project(proposal)
         _, score, _ = run.evaluate(proposal, need_grad=False)

@@ -8,9 +8,10 @@ weight-gradient bookkeeping, and runs the ReLUs in place; ``value_and_grad`` is 
 instead of autograd when an objective offers it. Weights may be shared ([out, in]) or per task
 ([T, out, in], as adapted learners return them; then inputs are [T, M, in]).
 
-``restrict`` specialises the objective to inputs that can move only in some columns (an attack under a threat
+``restrict`` turns the objective into one of the columns that can move alone (an attack under a threat
 schema: NSL-KDD's leaves 47 of 121 free). The first layer's product with the fixed columns is then computed
-once per attack instead of twice per step (forward and backward).
+once per attack instead of twice per step (forward and backward), and the engine keeps its iterates in
+those columns only.
 """
 
 from __future__ import annotations
@@ -56,19 +57,11 @@ class MLPObjective:
     """``classifier_objective`` of a Linear/ReLU stack, plus ``value_and_grad`` without autograd.
 
     layers: from ``mlp_layers``. y: int64 true labels of the unit shape. loss: ``ce`` or ``margin``.
-    columns, offset: set by ``restrict`` only: the input columns the first layer reads, and its fixed part
-    per row.
+    offset: set by ``restrict`` only: the first layer's output share of the fixed columns, per row, used in
+    place of its bias.
     """
 
-    def __init__(
-        self,
-        layers: Layers,
-        y: Tensor,
-        loss: str,
-        *,
-        columns: Tensor | None = None,
-        offset: Tensor | None = None,
-    ) -> None:
+    def __init__(self, layers: Layers, y: Tensor, loss: str, *, offset: Tensor | None = None) -> None:
         if loss not in ("ce", "margin"):
             raise ValueError(f"loss must be 'ce' or 'margin', got {loss!r}")
         self.layers, self.y, self.loss = layers, y, loss
@@ -78,28 +71,22 @@ class MLPObjective:
         # the weight padded with zero columns and drops them afterwards.
         w = layers[0][0]
         self.back0 = F.pad(w, (0, -w.shape[-1] % ALIGN)) if w.shape[-1] % ALIGN else w
-        self.columns, self.offset = columns, offset
+        self.offset = offset
 
     def restrict(self, x0: Tensor, columns: Tensor) -> MLPObjective:
-        """This objective for inputs that equal ``x0`` [..., D] outside ``columns`` (bool [D]).
+        """This objective as a function of ``x[..., columns]`` (bool [D]) for inputs that equal ``x0``
+        [..., D] elsewhere: it takes [..., k] inputs of the k selected columns and returns their gradient.
 
-        Values and gradients on the free columns are those of the full objective; the gradient on the fixed
-        columns is returned as 0. Only for an attack whose every iterate keeps the fixed columns at ``x0``
-        (its projection resets them) and whose step ignores their gradient (sign steps and edits).
+        Only for an attack whose every iterate keeps the other columns at ``x0`` and whose step ignores their
+        gradient (sign steps and edits): the engine then works in the selected columns alone.
         """
-        if self.columns is not None:
+        if self.offset is not None:
             raise ValueError("the objective is already restricted")
         columns = columns.to(x0.device)
         free, fixed = columns.nonzero().squeeze(-1), (~columns).nonzero().squeeze(-1)
         (w, b), *rest = self.layers
-        # Reading a few fixed columns as well, with zero weights, rounds the width up to a multiple of
-        # ALIGN without a padding copy per step (see ``back0``).
-        extra = fixed[: -free.numel() % ALIGN]
-        read = torch.cat([free, extra])
-        w_read = w.index_select(-1, read)
-        w_read[..., free.numel() :] = 0
         offset = self._linear(x0.detach().index_select(-1, fixed), w.index_select(-1, fixed), b)
-        return MLPObjective([(w_read, b), *rest], self.y, self.loss, columns=read, offset=offset)
+        return MLPObjective([(w.index_select(-1, free), b), *rest], self.y, self.loss, offset=offset)
 
     def _linear(self, h: Tensor, w: Tensor, b: Tensor) -> Tensor:
         """h [..., in] -> h W^T + b; b [out] or per task [T, out], or per row [..., out] (a fixed offset)."""
@@ -111,10 +98,7 @@ class MLPObjective:
 
     def _forward(self, x: Tensor, hidden: list[Tensor] | None) -> Tensor:
         """Logits at x [..., D]; ``hidden`` collects each ReLU's output for the backward pass."""
-        if self.columns is None:
-            h, first_bias = x, self.layers[0][1]
-        else:
-            h, first_bias = x.index_select(-1, self.columns), self.offset
+        h, first_bias = x, self.layers[0][1] if self.offset is None else self.offset
         for i, (w, b) in enumerate(self.layers):
             h = self._linear(h, w, first_bias if i == 0 else b)
             if i < len(self.layers) - 1:
@@ -156,6 +140,4 @@ class MLPObjective:
                     # ReLU's backward from its output, in one pass (no boolean mask to build and multiply).
                     g = torch.ops.aten.threshold_backward(g, hidden[i - 1], 0)
             g = g[..., : self.layers[0][0].shape[-1]]
-            if self.columns is not None:
-                g = torch.zeros_like(x).index_copy_(-1, self.columns, g)
         return loss, score, g
