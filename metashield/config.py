@@ -9,9 +9,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 Algorithm = Literal["maml", "fomaml", "metasgd", "reptile", "anil", "protonet"]
-Baseline = Literal["finetune", "scratch", "knn", "logreg"]
+Baseline = Literal["finetune", "scratch", "knn", "logreg", "logreg-replay"]
 ALGORITHMS: tuple[str, ...] = ("maml", "fomaml", "metasgd", "reptile", "anil", "protonet")
-BASELINES: tuple[str, ...] = ("finetune", "scratch", "knn", "logreg")
+BASELINES: tuple[str, ...] = ("finetune", "scratch", "knn", "logreg", "logreg-replay")
 
 
 USER_FILE_DATASETS = ("unsw-nb15",)
@@ -233,7 +233,9 @@ class EvaluateConfig(_Strict):
     scratch_lrs: list[float] = Field(default_factory=lambda: [0.03, 0.1, 0.3])
     scratch_steps: list[int] = Field(default_factory=lambda: [20, 100, 300])
     logreg_cs: list[float] = Field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0])
-    """Inverse L2 strengths searched for logistic regression."""
+    """Inverse L2 strengths searched for logistic regression (with and without replay)."""
+    replay_rows: int = Field(1000, ge=1)
+    """``logreg-replay``: benign rows from the benign TRAINING slice added to every support set."""
 
 
 class Config(_Strict):

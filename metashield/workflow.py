@@ -17,6 +17,8 @@ from metashield.config import Config, EvaluateConfig
 from metashield.data import BENIGN
 from metashield.device import resolve_device
 from metashield.evaluation.baselines import (
+    Scorer,
+    benign_replay,
     finetune_scorer,
     knn_scorer,
     learner_scorer,
@@ -61,8 +63,28 @@ def baseline_grids(ec: EvaluateConfig) -> dict[str, list[dict]]:
         "finetune": finetune + [{"lr": 0.0, "steps": 0, "head_only": False}],
         "scratch": [{"lr": lr, "steps": steps} for lr in ec.scratch_lrs for steps in ec.scratch_steps],
         "logreg": [{"C": c} for c in ec.logreg_cs],
+        "logreg-replay": [{"C": c} for c in ec.logreg_cs],
         "knn": [{}],
     }
+
+
+def baseline_scorer(
+    name: str, params: dict, config: Config, prep: Prepared, pretrained: torch.nn.Module, device: torch.device
+) -> Scorer:
+    """The scorer of baseline ``name`` at grid point ``params`` (``baseline_grids``) for a run's data."""
+    if name == "finetune":
+        return finetune_scorer(pretrained, params["lr"], params["steps"], params["head_only"])
+    if name == "scratch":
+        in_dim = prep.X.shape[1]
+        return scratch_scorer(lambda: build_model(config, in_dim).to(device), params["lr"], params["steps"])
+    if name == "logreg":
+        return logreg_scorer(params["C"])
+    if name == "logreg-replay":
+        benign = torch.from_numpy(prep.X[prep.benign["train"]])
+        return benign_replay(logreg_scorer(params["C"]), benign, config.evaluate.replay_rows, config.seed)
+    if name == "knn":
+        return knn_scorer()
+    raise ValueError(f"unknown baseline {name!r}")
 
 
 def _poisoning(config: Config, prep: Prepared):
@@ -191,7 +213,7 @@ def train_run(config: Config, out_dir: str | Path, *, resume: bool = False, prog
     return summary
 
 
-def _tune(grid: list[dict], make, val_sets, label: str) -> tuple[dict, float, list]:
+def tune_baseline(grid: list[dict], make, val_sets, label: str) -> tuple[dict, float, list]:
     """Pick the grid point with the best mean meta-val TPR@1%FPR (ties: the first, i.e. the simplest)."""
     scores = [mean_metric(run_protocol({"m": make(**p)}, val_sets)["m"]) for p in grid]
     best = int(np.argmax(scores))
@@ -231,14 +253,8 @@ def evaluate_run(
         )
     pretrained = load_model(config, in_dim, run_dir, "pretrained").to(device)
 
-    def make_baseline(name: str, p: dict):
-        if name == "finetune":
-            return finetune_scorer(pretrained, p["lr"], p["steps"], p["head_only"])
-        if name == "scratch":
-            return scratch_scorer(lambda: build_model(config, in_dim).to(device), p["lr"], p["steps"])
-        if name == "logreg":
-            return logreg_scorer(p["C"])
-        return knn_scorer()
+    def make_baseline(name: str, p: dict) -> Scorer:
+        return baseline_scorer(name, p, config, prep, pretrained, device)
 
     grids = baseline_grids(ec)
     report: dict = {
@@ -262,7 +278,7 @@ def evaluate_run(
             methods[a] = learner_scorer(learner)
             val_scores[a] = mean_metric(run_protocol({"m": methods[a]}, val_sets)["m"])
         for b in ec.baselines:
-            params, score, trace = _tune(
+            params, score, trace = tune_baseline(
                 grids[b], lambda b=b, **p: make_baseline(b, p), val_sets, f"{k}-shot {b}"
             )
             tuned[b] = {"params": params, "val_tpr@1%fpr": score, "searched": trace}

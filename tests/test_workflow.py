@@ -73,6 +73,7 @@ def test_every_method_beats_chance_on_held_out_families(synthetic_run):
         "scratch",
         "knn",
         "logreg",
+        "logreg-replay",
     }
     for method, s in summary.items():
         # Clusters are well separated: a method that mixed up labels or leaked nothing useful scores ~0.5.
@@ -92,6 +93,7 @@ def test_report_is_complete_and_selection_uses_meta_val(synthetic_run):
     assert entry["benign_queries_per_episode"] == 200
     assert "paired_best_meta_minus_best_baseline" in entry
     assert len(entry["tuned_baselines"]["logreg"]["searched"]) == 7
+    assert len(entry["tuned_baselines"]["logreg-replay"]["searched"]) == 7
 
 
 def test_train_refuses_a_non_empty_run_directory(synthetic_run, tmp_path):

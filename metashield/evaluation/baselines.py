@@ -101,6 +101,37 @@ def logreg_scorer(C: float) -> Scorer:
     return score
 
 
+def benign_replay(scorer: Scorer, benign: torch.Tensor, rows: int, seed: int = 0) -> Scorer:
+    """``scorer`` fitted on each support set plus ``rows`` benign rows drawn from ``benign`` [B, D].
+
+    A team that meets a new attack family has few labelled attack rows but plenty of benign traffic. The
+    replayed rows must come from data the detector may train on (a run's benign TRAINING slice, never the
+    slice its benign queries come from). The support set's attack rows are repeated so that both classes
+    weigh the same in a mean loss. Draws are seeded per call, so a scorer gives the same result for the same
+    episodes whatever was scored before.
+    """
+    if rows < 1:
+        raise ValueError(f"rows must be >= 1, got {rows}")
+    if benign.dim() != 2 or len(benign) == 0:
+        raise ValueError(f"benign must be a non-empty [B, D] tensor, got shape {tuple(benign.shape)}")
+
+    def score(sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor) -> np.ndarray:
+        malicious = sy[0] == 1
+        if not bool((sy == sy[0]).all()) or not bool(malicious.any()) or bool(malicious.all()):
+            raise ValueError("benign_replay needs every episode to hold both classes in the same layout")
+        gen = torch.Generator().manual_seed(seed)
+        drawn = torch.randint(len(benign), (sx.shape[0], rows), generator=gen).to(benign.device)
+        replayed = benign[drawn].to(device=sx.device, dtype=sx.dtype)
+        attack, own_benign = sx[:, malicious], sx[:, ~malicious]
+        repeats = max(1, (own_benign.shape[1] + rows) // attack.shape[1])
+        x = torch.cat([own_benign, replayed, attack.repeat(1, repeats, 1)], dim=1)
+        n0, n1 = own_benign.shape[1] + rows, attack.shape[1] * repeats
+        y = torch.cat([sy.new_zeros(sx.shape[0], n0), sy.new_ones(sx.shape[0], n1)], dim=1)
+        return scorer(x, y, qx)
+
+    return score
+
+
 class NearestNeighbourLearner(nn.Module):
     """``knn_scorer`` as a learner (``adapt``/``predict``), so evasion attacks can take its gradient; for N
     classes it is also ``metashield classify``'s 1-NN (a tie between classes goes to the lowest label).
