@@ -127,3 +127,16 @@ def test_replayed_benign_rows_lift_logistic_regression_at_1_percent_fpr():
     tpr_plain = np.mean([tpr_at_fpr(s, qy, 0.01) for s in plain])
     tpr_replay = np.mean([tpr_at_fpr(s, qy, 0.01) for s in replayed])
     assert tpr_plain < 0.1 and tpr_replay > 0.8, (tpr_plain, tpr_replay)  # 0.01 and 0.90 at this seed
+
+
+def test_family_table_prints_long_method_names_whole_and_aligned():
+    from metashield.evaluation.report import format_family_table
+
+    summary = {
+        "maml": {"per_family": {"a": {"tpr@1%fpr": 0.5}}},
+        "logreg-replay-long": {"per_family": {"a": {"tpr@1%fpr": 1.0}}},
+    }
+    header, line = format_family_table(summary).splitlines()[1:]
+    assert header.split() == ["family", "maml", "logreg-replay-long"]
+    assert line.split() == ["a", "50.0", "100.0"]
+    assert len(header) == len(line)  # every column as wide as its longest name

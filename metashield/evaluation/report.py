@@ -69,9 +69,10 @@ def format_table(
 def format_family_table(summary: Mapping[str, Mapping], metric: str = "tpr@1%fpr") -> str:
     methods = list(summary)
     families = sorted({f for s in summary.values() for f in s["per_family"]})
-    header = f"{'family':<18}" + "".join(f"{m[:12]:>13}" for m in methods)
+    width = max(13, *(len(m) + 1 for m in methods))
+    header = f"{'family':<18}" + "".join(f"{m:>{width}}" for m in methods)
     lines = [f"per-family {metric} (%)", header]
     for fam in families:
-        row = "".join(f"{100 * summary[m]['per_family'][fam][metric]:13.1f}" for m in methods)
+        row = "".join(f"{100 * summary[m]['per_family'][fam][metric]:{width}.1f}" for m in methods)
         lines.append(f"{fam:<18}{row}")
     return "\n".join(lines)
