@@ -1,6 +1,7 @@
 """Logistic regression with benign replay, added to the few-shot quality runs as one more tuned baseline.
 
     python benchmarks/benign_replay.py --runs runs/quality                  # after few_shot_quality.py
+    python benchmarks/benign_replay.py --run runs/domains/clamp --run runs/domains/spambase   # any runs
 
 A team that meets a new attack family holds a few labelled attack rows but plenty of benign traffic. The
 ``logreg-replay`` baseline (``evaluation.baselines.benign_replay``) fits scikit-learn's logistic regression on
@@ -12,7 +13,9 @@ as one more candidate for the val-chosen best baseline, and the pooled table is 
 ``few_shot_quality.pool``. Nothing is chosen on test families.
 
 Each run's result is cached as ``benign_replay.json`` in the run directory (so several processes can share
-the runs); ``benign_replay.json`` and ``benign_replay.md`` under ``--runs`` hold the pooled tables.
+the runs); ``benign_replay.json`` and ``benign_replay.md`` under ``--runs`` hold the pooled tables. With
+``--run`` (repeatable) every run is reported on its own, pooled over its held-out families, and the table is
+printed only.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from metashield._atomic import atomic_write_json, atomic_write_text  # noqa: E40
 from metashield.device import resolve_device  # noqa: E402
 from metashield.evaluation.protocol import run_protocol  # noqa: E402
 from metashield.evaluation.report import summarise_method  # noqa: E402
-from metashield.runs import held_out_episode_sets, load_model, load_run, tuning_episode_sets  # noqa: E402
+from metashield.runs import held_out_episode_sets, load_run, tuning_episode_sets  # noqa: E402
 from metashield.workflow import baseline_grids, baseline_scorer, tune_baseline  # noqa: E402
 
 NAME = "logreg-replay"
@@ -48,7 +51,6 @@ def replay_run(run: Path) -> dict:
         return json.loads(cache.read_text(encoding="utf-8"))
     config, prep, meta = load_run(run)
     device = resolve_device(config.device)
-    pretrained = load_model(config, int(meta["in_dim"]), run, "pretrained").to(device)
     report = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
     grid = baseline_grids(config.evaluate)[NAME]
     out = {}
@@ -57,7 +59,7 @@ def replay_run(run: Path) -> dict:
         val_sets = tuning_episode_sets(config, prep, k, device)
 
         def make(**p):
-            return baseline_scorer(NAME, p, config, prep, pretrained, device)
+            return baseline_scorer(NAME, p, config, prep, None, device)
 
         params, val, searched = tune_baseline(grid, make, val_sets, f"{run.name} {k}-shot {NAME}")
         test_sets = held_out_episode_sets(config, prep, k, report["protocol"]["episodes_per_family"], device)
@@ -91,14 +93,46 @@ def with_replay(report: dict, replay: dict, baselines: list[str]) -> dict:
     return report
 
 
+def per_run_table(runs: list[Path]) -> str:
+    """One row per (run, shot): best-meta, the best baseline before and after logreg-replay joins, paired."""
+    lines = [
+        "TPR@1%FPR (%), mean over each run's held-out families; best methods chosen on meta-val; paired "
+        "difference with a 95% bootstrap CI over families.",
+        "",
+        "| run | shot | best-meta | best baseline before | logreg-replay "
+        "| best meta − best baseline, after |",
+        "|---|---|---|---|---|---|",
+    ]
+    for run in runs:
+        config, _, _ = load_run(run)
+        report = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+        before = {s: e["best_baseline"] for s, e in report["shots"].items()}
+        pooled = pool([with_replay(report, replay_run(run), list(config.evaluate.baselines))])
+        for shot in sorted(report["shots"], key=int):
+            entry, p = report["shots"][shot], pooled[shot]
+            meta, old = entry["best_meta_learner"], before[shot]
+            d = p["best_meta_minus_best_baseline"]
+            lines.append(
+                f"| {run.name} | {shot} | {meta} {100 * p['methods'][meta]['mean']:.1f} "
+                f"| {old} {100 * p['methods'][old]['mean']:.1f} | {100 * p['methods'][NAME]['mean']:.1f} "
+                f"| {100 * d['mean']:+.1f} [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}] "
+                f"({entry['best_baseline']}) |"
+            )
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", type=Path, action="append", help="report these runs one by one instead")
     ap.add_argument("--runs", type=Path, default=Path("runs/quality"))
     ap.add_argument("--splits", default="0,1,2")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--no-pool", action="store_true", help="only fill the per-run caches (parallel workers)")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if args.run:
+        print(per_run_table(args.run))
+        return
     started = time.time()
     reports = []
     for split in (int(s) for s in args.splits.split(",")):

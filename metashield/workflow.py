@@ -69,10 +69,18 @@ def baseline_grids(ec: EvaluateConfig) -> dict[str, list[dict]]:
 
 
 def baseline_scorer(
-    name: str, params: dict, config: Config, prep: Prepared, pretrained: torch.nn.Module, device: torch.device
+    name: str,
+    params: dict,
+    config: Config,
+    prep: Prepared,
+    pretrained: torch.nn.Module | None,
+    device: torch.device,
 ) -> Scorer:
-    """The scorer of baseline ``name`` at grid point ``params`` (``baseline_grids``) for a run's data."""
+    """The scorer of baseline ``name`` at grid point ``params`` (``baseline_grids``) for a run's data;
+    ``pretrained`` (the run's supervised model) is needed by ``finetune`` only."""
     if name == "finetune":
+        if pretrained is None:
+            raise ValueError("the finetune baseline needs the run's pretrained model")
         return finetune_scorer(pretrained, params["lr"], params["steps"], params["head_only"])
     if name == "scratch":
         in_dim = prep.X.shape[1]
