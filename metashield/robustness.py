@@ -31,6 +31,7 @@ from metashield.device import resolve_device
 from metashield.evaluation.baselines import (
     LogisticRegressionLearner,
     NearestNeighbourLearner,
+    ReplayLearner,
     finetune_learner,
 )
 from metashield.evaluation.metrics import (
@@ -50,9 +51,10 @@ GRADIENT_LEARNERS = ("maml", "fomaml", "metasgd", "anil", "reptile")
 QUERY_ONLY_LEARNERS = ("protonet",)
 """Attacked after adaptation (query threat) only: the support and end-to-end threats optimise through an
 inner loop of gradient steps, which a prototypical network does not have."""
-QUERY_ONLY_BASELINES = ("knn", "logreg")
-"""1-NN and logistic regression on the support set (``metashield evaluate``'s baselines, logistic regression
-with its meta-val-tuned C): attacked after adaptation only, since scikit-learn's fit has no gradient."""
+QUERY_ONLY_BASELINES = ("knn", "logreg", "logreg-replay")
+"""1-NN and logistic regression on the support set, with or without replayed benign rows (``metashield
+evaluate``'s baselines, logistic regression with its meta-val-tuned C): attacked after adaptation only, since
+scikit-learn's fit has no gradient."""
 THREATS = ("query", "support", "end-to-end")
 
 
@@ -91,14 +93,19 @@ def _learners(
     for name in methods:
         if name == "knn" and threat == "query":
             learners[name] = NearestNeighbourLearner()
-        elif name == "logreg" and threat == "query":
-            tuned = metrics.get("tuned_baselines", {}).get("logreg")
+        elif name in ("logreg", "logreg-replay") and threat == "query":
+            tuned = metrics.get("tuned_baselines", {}).get(name)
             if tuned is None:
                 raise FileNotFoundError(
-                    f"{metrics_path}: no tuned logistic regression at {shots} shots; run "
-                    f"`metashield evaluate --run {run_dir} --shots {shots}` first"
+                    f"{metrics_path}: no tuned {name} at {shots} shots; run `metashield evaluate --run "
+                    f"{run_dir} --shots {shots} --baselines {name}` first"
                 )
             learners[name] = LogisticRegressionLearner(tuned["params"]["C"])
+            if name == "logreg-replay":
+                benign = torch.from_numpy(prep.X[prep.benign["train"]])
+                learners[name] = ReplayLearner(
+                    learners[name], benign, config.evaluate.replay_rows, config.seed
+                )
         elif name == "finetune":
             tuned = metrics.get("tuned_baselines", {}).get("finetune")
             if tuned is None:
@@ -115,7 +122,7 @@ def _learners(
             why = " (ProtoNet has no inner loop to attack through)" if name in QUERY_ONLY_LEARNERS else ""
             if name in QUERY_ONLY_BASELINES:
                 why = " (scikit-learn's fit on the support set has no gradient)"
-            others = "'finetune', 'knn', 'logreg'" if threat == "query" else "'finetune'"
+            others = "'finetune', 'knn', 'logreg', 'logreg-replay'" if threat == "query" else "'finetune'"
             raise ValueError(
                 f"method {name!r} cannot be attacked in {run_dir} under the {threat} threat{why}: "
                 f"methods are {others} and the trained meta-learners {available}"

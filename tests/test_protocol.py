@@ -22,12 +22,15 @@ def test_episode_seed_depends_on_family_and_shots_only():
 
 
 def test_knn_and_logreg_learners_score_exactly_like_their_scikit_learn_baselines():
-    """The attackable torch forms of 1-NN and logistic regression must be the models ``evaluate`` scores."""
+    """The attackable torch forms of 1-NN and logistic regression (with and without benign replay) must be the
+    models ``evaluate`` scores."""
     import torch
 
     from metashield.evaluation.baselines import (
         LogisticRegressionLearner,
         NearestNeighbourLearner,
+        ReplayLearner,
+        benign_replay,
         knn_scorer,
         logreg_scorer,
     )
@@ -37,9 +40,14 @@ def test_knn_and_logreg_learners_score_exactly_like_their_scikit_learn_baselines
     sy = torch.tensor([[0] * 5 + [1] * 5] * 4)
     sx[:, 5:] += 1.5  # a separable-ish attack class, so the fitted weights are far from 0
     qx = torch.randn(4, 30, 7, generator=gen, dtype=torch.float64)
+    pool = torch.randn(50, 7, generator=gen, dtype=torch.float64)
     for learner, scorer in (
         (NearestNeighbourLearner(), knn_scorer()),
         (LogisticRegressionLearner(10.0), logreg_scorer(10.0)),
+        (
+            ReplayLearner(LogisticRegressionLearner(10.0), pool, 20, 1),
+            benign_replay(logreg_scorer(10.0), pool, 20, 1),
+        ),
     ):
         logits = learner.predict(learner.adapt(sx, sy), qx)
         margin = (logits[..., 1] - logits[..., 0]).numpy()

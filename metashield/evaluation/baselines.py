@@ -101,35 +101,65 @@ def logreg_scorer(C: float) -> Scorer:
     return score
 
 
-def benign_replay(scorer: Scorer, benign: torch.Tensor, rows: int, seed: int = 0) -> Scorer:
-    """``scorer`` fitted on each support set plus ``rows`` benign rows drawn from ``benign`` [B, D].
-
-    A team that meets a new attack family has few labelled attack rows but plenty of benign traffic. The
-    replayed rows must come from data the detector may train on (a run's benign TRAINING slice, never the
-    slice its benign queries come from). The support set's attack rows are repeated so that both classes
-    weigh the same in a mean loss. Draws are seeded per call, so a scorer gives the same result for the same
-    episodes whatever was scored before.
-    """
+def _check_replay(benign: torch.Tensor, rows: int) -> None:
     if rows < 1:
         raise ValueError(f"rows must be >= 1, got {rows}")
     if benign.dim() != 2 or len(benign) == 0:
         raise ValueError(f"benign must be a non-empty [B, D] tensor, got shape {tuple(benign.shape)}")
 
+
+def replay_support(
+    support_x: torch.Tensor, support_y: torch.Tensor, benign: torch.Tensor, rows: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Support sets [E, S, D] plus ``rows`` rows drawn (seeded) from ``benign`` [B, D], the attack rows
+    repeated so that both classes weigh the same in a mean loss: ([E, S', D], [E, S'])."""
+    _check_replay(benign, rows)
+    malicious = support_y[0] == 1
+    if not bool((support_y == support_y[0]).all()) or not bool(malicious.any()) or bool(malicious.all()):
+        raise ValueError("benign replay needs every episode to hold both classes in the same layout")
+    gen = torch.Generator().manual_seed(seed)
+    drawn = torch.randint(len(benign), (support_x.shape[0], rows), generator=gen).to(benign.device)
+    replayed = benign[drawn].to(device=support_x.device, dtype=support_x.dtype)
+    attack, own_benign = support_x[:, malicious], support_x[:, ~malicious]
+    repeats = max(1, (own_benign.shape[1] + rows) // attack.shape[1])
+    x = torch.cat([own_benign, replayed, attack.repeat(1, repeats, 1)], dim=1)
+    n0, n1 = own_benign.shape[1] + rows, attack.shape[1] * repeats
+    e = support_x.shape[0]
+    return x, torch.cat([support_y.new_zeros(e, n0), support_y.new_ones(e, n1)], dim=1)
+
+
+def benign_replay(scorer: Scorer, benign: torch.Tensor, rows: int, seed: int = 0) -> Scorer:
+    """``scorer`` fitted on each support set plus ``rows`` benign rows drawn from ``benign`` [B, D].
+
+    A team that meets a new attack family has few labelled attack rows but plenty of benign traffic. The
+    replayed rows must come from data the detector may train on (a run's benign TRAINING slice, never the
+    slice its benign queries come from). See ``replay_support``; draws are seeded per call, so a scorer gives
+    the same result for the same episodes whatever was scored before.
+    """
+    _check_replay(benign, rows)
+
     def score(sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor) -> np.ndarray:
-        malicious = sy[0] == 1
-        if not bool((sy == sy[0]).all()) or not bool(malicious.any()) or bool(malicious.all()):
-            raise ValueError("benign_replay needs every episode to hold both classes in the same layout")
-        gen = torch.Generator().manual_seed(seed)
-        drawn = torch.randint(len(benign), (sx.shape[0], rows), generator=gen).to(benign.device)
-        replayed = benign[drawn].to(device=sx.device, dtype=sx.dtype)
-        attack, own_benign = sx[:, malicious], sx[:, ~malicious]
-        repeats = max(1, (own_benign.shape[1] + rows) // attack.shape[1])
-        x = torch.cat([own_benign, replayed, attack.repeat(1, repeats, 1)], dim=1)
-        n0, n1 = own_benign.shape[1] + rows, attack.shape[1] * repeats
-        y = torch.cat([sy.new_zeros(sx.shape[0], n0), sy.new_ones(sx.shape[0], n1)], dim=1)
-        return scorer(x, y, qx)
+        return scorer(*replay_support(sx, sy, benign, rows, seed), qx)
 
     return score
+
+
+class ReplayLearner(nn.Module):
+    """A learner (``adapt``/``predict``) that adapts on each support set plus replayed benign rows: the
+    attackable form of ``benign_replay`` (e.g. over ``LogisticRegressionLearner``). Draws follow the episodes
+    of each ``adapt`` call, so a chunk of episodes draws other rows than the whole set does in ``evaluate``.
+    """
+
+    def __init__(self, learner: nn.Module, benign: torch.Tensor, rows: int, seed: int = 0) -> None:
+        super().__init__()
+        _check_replay(benign, rows)
+        self.learner, self.benign, self.rows, self.seed = learner, benign, rows, seed
+
+    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.learner.adapt(*replay_support(support_x, support_y, self.benign, self.rows, self.seed))
+
+    def predict(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        return self.learner.predict(params, x)
 
 
 class NearestNeighbourLearner(nn.Module):
