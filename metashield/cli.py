@@ -13,7 +13,7 @@ import torch
 
 from metashield import __version__
 from metashield.classify.config import DEMO_CONFIGS
-from metashield.config import DATASET_DEFAULTS, ConfigError, load_config
+from metashield.config import BASELINES, DATASET_DEFAULTS, ConfigError, load_config
 from metashield.data import DownloadError
 from metashield.data.registry import UnknownDatasetError
 from metashield.train import TrainingDiverged
@@ -107,9 +107,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from metashield.workflow import evaluate_run
 
-    report = evaluate_run(args.run, shots=args.shots, episodes_per_family=args.episodes)
+    report = evaluate_run(
+        args.run,
+        shots=args.shots,
+        episodes_per_family=args.episodes,
+        baselines=args.baselines,
+        out_name=args.out_name,
+    )
     print(report["table"])
-    print(f"\nmetrics written to {Path(args.run) / 'metrics.json'}")
+    print(f"\nmetrics written to {Path(args.run) / args.out_name}")
     return 0
 
 
@@ -166,6 +172,14 @@ def cmd_classify(args: argparse.Namespace) -> int:
     print(report["table"])
     print(f"\nreport written to {Path(args.out) / 'classify.json'} ({report['seconds']:.0f} s)")
     return 0
+
+
+def _csv_names(text: str) -> list[str]:
+    names = [v.strip() for v in text.split(",") if v.strip()]
+    unknown = [n for n in names if n not in BASELINES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"baselines must be among {', '.join(BASELINES)}, got {text!r}")
+    return names
 
 
 def _csv_floats(text: str) -> list[float]:
@@ -275,6 +289,17 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--run", type=Path, required=True)
     ev.add_argument("--shots", type=_csv_ints, help="e.g. 1,5,10 (default: the run config's)")
     ev.add_argument("--episodes", type=int, help="episodes per held-out family (default: the run config's)")
+    ev.add_argument(
+        "--baselines",
+        type=_csv_names,
+        help=f"comma-separated baselines to tune and score, of {', '.join(BASELINES)} "
+        "(default: the run config's evaluate.baselines)",
+    )
+    ev.add_argument(
+        "--out-name",
+        default="metrics.json",
+        help="file written inside the run directory (`attack` reads tuned baselines from metrics.json)",
+    )
     ev.set_defaults(func=cmd_evaluate)
 
     from metashield.attacks.presets import PRESETS
@@ -310,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     at.add_argument(
         "--methods",
         type=lambda t: [m for m in t.split(",") if m],
-        help="trained meta-learners and finetune; knn and logreg too for query attacks "
+        help="trained meta-learners and finetune; knn, logreg and logreg-replay too for query attacks "
         "(default: the meta-val choice and finetune)",
     )
     at.add_argument("--shots", type=int, default=5)

@@ -83,8 +83,16 @@ def baseline_scorer(
             raise ValueError("the finetune baseline needs the run's pretrained model")
         return finetune_scorer(pretrained, params["lr"], params["steps"], params["head_only"])
     if name == "scratch":
-        in_dim = prep.X.shape[1]
-        return scratch_scorer(lambda: build_model(config, in_dim).to(device), params["lr"], params["steps"])
+
+        def fresh_model() -> torch.nn.Module:
+            # A fixed initialisation: drawn from the global RNG, it depended on whatever ran before in the
+            # process (training, other baselines), so `evaluate` after `train` in one process and a later
+            # `metashield evaluate` disagreed.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(config.seed * 1000 + 998)
+                return build_model(config, prep.X.shape[1]).to(device)
+
+        return scratch_scorer(fresh_model, params["lr"], params["steps"])
     if name == "logreg":
         return logreg_scorer(params["C"])
     if name == "logreg-replay":
@@ -239,11 +247,20 @@ def evaluate_run(
     shots: list[int] | None = None,
     episodes_per_family: int | None = None,
     out_name: str = "metrics.json",
+    baselines: list[str] | None = None,
 ) -> dict:
-    """Tune on meta-val, then score every method on identical meta-test episodes; writes ``metrics.json``."""
+    """Tune on meta-val, then score every method on identical meta-test episodes; writes ``metrics.json``.
+
+    baselines: the baselines to tune and score instead of the run config's ``evaluate.baselines`` (e.g. one
+    added after the run was trained).
+    """
     run_dir = Path(run_dir)
     check_file_name(out_name, "out_name")
     config, prep, meta = load_run(run_dir)
+    if baselines is not None:
+        # Validated by the config model, so a name a config file could not hold is refused here too.
+        evaluate = EvaluateConfig.model_validate({**config.evaluate.model_dump(), "baselines": baselines})
+        config = config.model_copy(update={"evaluate": evaluate})
     ec = config.evaluate
     shots = shots or ec.shots
     n_episodes = episodes_per_family or ec.episodes_per_family

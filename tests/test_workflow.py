@@ -206,10 +206,10 @@ def test_protonet_is_attacked_after_adaptation_but_not_through_it(synthetic_run,
 
 def test_knn_and_logreg_baselines_are_attacked_after_adaptation(synthetic_run, capsys):
     run, _ = synthetic_run
-    base = ["attack", "--run", str(run), "--episodes", "2", "--methods", "knn,logreg"]
+    base = ["attack", "--run", str(run), "--episodes", "2", "--methods", "knn,logreg,logreg-replay"]
     assert main([*base, "--attack", "pgd", "--eps", "0.3,3.0", "--out-name", "baselines.json"]) == 0
     report = json.loads((run / "baselines.json").read_text())["methods"]
-    for method in ("knn", "logreg"):
+    for method in ("knn", "logreg", "logreg-replay"):
         r = report[method]
         clean = r["clean_tpr@1%fpr"]["mean"]
         weak, strong = (r["robust_tpr@1%fpr"][e]["mean"] for e in ("0.3", "3.0"))
@@ -271,3 +271,40 @@ def test_poisoned_training_reaches_the_meta_learner_and_the_pretrain_baseline(tm
     bad = load_config(None, [*poisoned, "train.poison={fraction: 0.5, mode: backdoor, trigger: {nope: 1}}"])
     with pytest.raises(ValueError, match="nope"):
         train_run(bad, tmp_path / "bad", progress=False)
+
+
+def test_evaluate_scores_a_baseline_the_run_config_did_not_list(synthetic_run, tmp_path, capsys):
+    """``evaluate --baselines`` tunes and scores the named baselines instead of the config's; every other
+    method's figures stay those of the full evaluation (same episodes), and an unknown name is refused."""
+    run, full = synthetic_run
+    only_replay = ["--baselines", "logreg-replay", "--out-name", "only.json"]
+    assert main(["evaluate", "--run", str(run), *only_replay]) == 0
+    only = json.loads((run / "only.json").read_text())["shots"]["5"]
+    assert set(only["tuned_baselines"]) == {"logreg-replay"} and only["best_baseline"] == "logreg-replay"
+    for method in ("metasgd", "logreg-replay"):
+        assert only["summary"][method] == full["shots"]["5"]["summary"][method], method
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--run", str(run), "--baselines", "logreg,svm"])
+    assert "baselines must be among" in capsys.readouterr().err
+
+
+def test_scratch_baseline_scores_the_same_whatever_ran_before(synthetic_run):
+    """Training from scratch starts from a fixed initialisation, not from the process's global RNG: a later
+    `metashield evaluate` must reproduce the evaluation that ran right after training."""
+    import numpy as np
+    import torch
+
+    from metashield.runs import load_run, tuning_episode_sets
+    from metashield.workflow import baseline_scorer
+
+    run, _ = synthetic_run
+    config, prep, _ = load_run(run)
+    es = next(iter(tuning_episode_sets(config, prep, 5, torch.device("cpu")).values()))
+    scores = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)  # what training or another baseline would have left behind
+        scorer = baseline_scorer("scratch", {"lr": 0.1, "steps": 20}, config, prep, None, torch.device("cpu"))
+        scores.append(scorer(es.support_x, es.support_y, es.query_x))
+    np.testing.assert_array_equal(scores[0], scores[1])
+    with pytest.raises(ValueError, match="needs the run's pretrained model"):
+        baseline_scorer("finetune", {"lr": 0.1, "steps": 5, "head_only": False}, config, prep, None, "cpu")
