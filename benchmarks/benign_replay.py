@@ -38,7 +38,12 @@ from metashield._atomic import atomic_write_json, atomic_write_text  # noqa: E40
 from metashield.device import resolve_device  # noqa: E402
 from metashield.evaluation.protocol import run_protocol  # noqa: E402
 from metashield.evaluation.report import summarise_method  # noqa: E402
-from metashield.runs import held_out_episode_sets, load_run, tuning_episode_sets  # noqa: E402
+from metashield.runs import (  # noqa: E402
+    held_out_episode_sets,
+    load_run,
+    load_run_config,
+    tuning_episode_sets,
+)
 from metashield.workflow import baseline_grids, baseline_scorer, tune_baseline  # noqa: E402
 
 NAME = "logreg-replay"
@@ -104,7 +109,7 @@ def per_run_table(runs: list[Path]) -> str:
         "|---|---|---|---|---|---|",
     ]
     for run in runs:
-        config, _, _ = load_run(run)
+        config, _ = load_run_config(run)
         report = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
         before = {s: e["best_baseline"] for s, e in report["shots"].items()}
         pooled = pool([with_replay(report, replay_run(run), list(config.evaluate.baselines))])
@@ -141,7 +146,7 @@ def main() -> None:
             replay = replay_run(run)
             if args.no_pool:
                 continue
-            config, _, _ = load_run(run)
+            config, _ = load_run_config(run)
             report = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
             report["protocol"]["split_seed"], report["protocol"]["train_seed"] = split, seed
             reports.append(with_replay(report, replay, list(config.evaluate.baselines)))

@@ -64,8 +64,8 @@ def prepare_saved(config: Config, meta: dict) -> Prepared:
     )
 
 
-def load_run(run_dir: str | Path) -> tuple[Config, Prepared, dict]:
-    """(config, prepared data, run.json) of a run written by ``metashield train``."""
+def load_run_config(run_dir: str | Path) -> tuple[Config, dict]:
+    """(config, run.json) of a run written by ``metashield train``, without loading its data."""
     run_dir = Path(run_dir)
     run_json = run_dir / "run.json"
     if not run_json.is_file():
@@ -73,8 +73,13 @@ def load_run(run_dir: str | Path) -> tuple[Config, Prepared, dict]:
             f"{run_json} not found: is {run_dir} a directory written by `metashield train`?"
         )
     meta = json.loads(run_json.read_text(encoding="utf-8"))
-    config = config_from_dict(meta["config"], str(run_json))
-    _check_data_files(meta.get("data_files", {}), run_json)
+    return config_from_dict(meta["config"], str(run_json)), meta
+
+
+def load_run(run_dir: str | Path) -> tuple[Config, Prepared, dict]:
+    """(config, prepared data, run.json) of a run written by ``metashield train``."""
+    config, meta = load_run_config(run_dir)
+    _check_data_files(meta.get("data_files", {}), Path(run_dir) / "run.json")
     return config, prepare_saved(config, meta), meta
 
 
