@@ -174,7 +174,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     return 0
 
 
-def _csv_names(text: str) -> list[str]:
+def _csv_baselines(text: str) -> list[str]:
     names = [v.strip() for v in text.split(",") if v.strip()]
     unknown = [n for n in names if n not in BASELINES]
     if unknown or not names:
@@ -291,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--episodes", type=int, help="episodes per held-out family (default: the run config's)")
     ev.add_argument(
         "--baselines",
-        type=_csv_names,
+        type=_csv_baselines,
         help=f"comma-separated baselines to tune and score, of {', '.join(BASELINES)} "
         "(default: the run config's evaluate.baselines)",
     )

@@ -42,6 +42,11 @@ class Prepared:
     def family_rows(self, name: str) -> np.ndarray:
         return np.flatnonzero(self.family == name)
 
+    def replay_pool(self) -> np.ndarray:
+        """Benign rows a detector may replay when it adapts (``logreg-replay``): the benign TRAINING slice,
+        never the slices that evaluation queries come from."""
+        return self.X[self.benign["train"]]
+
     def fit_mask(self) -> np.ndarray:
         """Rows the preprocessing and meta-training may see: benign train slice + meta-train families."""
         mask = np.isin(self.family, self.split.train)

@@ -102,7 +102,7 @@ def _learners(
                 )
             learners[name] = LogisticRegressionLearner(tuned["params"]["C"])
             if name == "logreg-replay":
-                benign = torch.from_numpy(prep.X[prep.benign["train"]])
+                benign = torch.from_numpy(prep.replay_pool())
                 learners[name] = ReplayLearner(
                     learners[name], benign, config.evaluate.replay_rows, config.seed
                 )

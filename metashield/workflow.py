@@ -96,7 +96,7 @@ def baseline_scorer(
     if name == "logreg":
         return logreg_scorer(params["C"])
     if name == "logreg-replay":
-        benign = torch.from_numpy(prep.X[prep.benign["train"]])
+        benign = torch.from_numpy(prep.replay_pool())
         return benign_replay(logreg_scorer(params["C"]), benign, config.evaluate.replay_rows, config.seed)
     if name == "knn":
         return knn_scorer()
