@@ -203,11 +203,22 @@ class TrainConfig(_Strict):
     task_interpolation: float = Field(0.0, ge=0, le=1)
     """Share of each meta-training batch's tasks replaced by tasks interpolated between two families
     (``tasks.augment.interpolate_tasks``, λ ~ Beta(0.5, 0.5)); 0 turns it off."""
+    benign_queries: int | None = Field(None, ge=1)
+    """Benign query rows per meta-training task (default: ``queries``, as for the attack class)."""
+    query_loss: Literal["ce", "tail"] = "ce"
+    """Meta-training query objective: the learner's mean cross-entropy, or ``tail``
+    (``meta.objectives.tail_cross_entropy``: the attack queries and the ``queries`` benign queries scored
+    most like attacks, for detection at a low FPR; use it with ``benign_queries`` > ``queries``)."""
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
         if self.kind == "detect" and self.ways != 2:
             raise ValueError(f"detect episodes are binary: ways must be 2, not {self.ways}")
+        if self.query_loss == "tail" and "reptile" in self.algorithms:
+            raise ValueError(
+                "train.query_loss: reptile has no query objective (it adapts on every labelled row); "
+                "train it in a run with query_loss: ce"
+            )
         if self.kind == "classify":
             raise ValueError(
                 "`metashield train` meta-validates and evaluates detection of held-out families; N-way "

@@ -91,6 +91,7 @@ def meta_train(
     resume: bool = False,
     progress: bool = True,
     transform: Callable[[Batch, np.random.Generator], Batch] | None = None,
+    query_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> TrainState:
     """Meta-train ``learner``; the weights with the best meta-val score go to ``<algorithm>.safetensors``.
 
@@ -98,7 +99,8 @@ def meta_train(
     early-stopping state); a resumed run continues from the last evaluation and ends bit-for-bit where an
     uninterrupted run would on CPU. ``transform`` rewrites each sampled batch (poisoning for an attack study,
     task interpolation); it draws from the same checkpointed episode stream, so such runs resume bit for bit
-    too.
+    too. ``query_loss(logits [T, Q, C], query_y [T, Q]) -> scalar`` replaces the learner's ``outer_loss``
+    (e.g. ``meta.objectives.tail_cross_entropy``); the meta-gradient flows through ``adapt``.
     """
     meta = meta.for_algorithm(algorithm)
     rng = np.random.default_rng([seed, 1])
@@ -150,7 +152,11 @@ def meta_train(
             loss = None
         else:
             opt.zero_grad(set_to_none=True)
-            loss = learner.outer_loss(batch.support_x, batch.support_y, batch.query_x, batch.query_y)
+            if query_loss is None:
+                loss = learner.outer_loss(batch.support_x, batch.support_y, batch.query_x, batch.query_y)
+            else:
+                params = learner.adapt(batch.support_x, batch.support_y)
+                loss = query_loss(learner.predict(params, batch.query_x), batch.query_y)
             loss.backward()
             opt.step()
             loss_sum += float(loss.detach())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from pathlib import Path
@@ -34,6 +35,7 @@ from metashield.evaluation.report import (
     summarise_method,
 )
 from metashield.experiment import Prepared, prepare
+from metashield.meta.objectives import tail_cross_entropy
 from metashield.runs import (
     build_model,
     episode_sets,
@@ -175,7 +177,9 @@ def train_run(config: Config, out_dir: str | Path, *, resume: bool = False, prog
         ways=tc.ways,
         shots=tc.shots,
         queries=tc.queries,
+        benign_queries=tc.benign_queries,
     )
+    query_loss = functools.partial(tail_cross_entropy, hard=tc.queries) if tc.query_loss == "tail" else None
     val_sets = episode_sets(config, prep, "val", tc.shots, tc.val_episodes, config.seed + 7, device)
     if not val_sets:
         raise ValueError(
@@ -206,6 +210,7 @@ def train_run(config: Config, out_dir: str | Path, *, resume: bool = False, prog
             resume=resume,
             progress=progress,
             transform=transform,
+            query_loss=query_loss,
         )
         summary[algo] = {"best_val_tpr@1%fpr": state.best_score, "steps": state.step}
         log.info("%s: best meta-val TPR@1%%FPR %.3f after %d steps", algo, state.best_score, state.step)

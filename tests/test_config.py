@@ -75,3 +75,14 @@ def test_episode_kind_and_ways_must_agree():
         load_config(None, ["train.ways=5"])
     with pytest.raises(ConfigError, match="classify"):
         load_config(None, ["train.kind=classify", "train.ways=5"])
+
+
+def test_tail_query_loss_is_refused_for_reptile_which_has_no_query_objective():
+    config = load_config(
+        None, ["train.query_loss=tail", "train.benign_queries=150", "train.algorithms=[metasgd]"]
+    )
+    assert config.train.query_loss == "tail" and config.train.benign_queries == 150
+    with pytest.raises(ConfigError, match="query_loss: reptile"):
+        load_config(None, ["train.query_loss=tail"])
+    with pytest.raises(ConfigError, match="benign_queries"):
+        load_config(None, ["train.benign_queries=0"])

@@ -43,6 +43,24 @@ def test_detect_batch_shapes_labels_and_classes(data) -> None:
         assert len(attack) == 1 and attack <= {"big", "mid"}
 
 
+def test_detect_batch_with_more_benign_queries(data) -> None:
+    X, family, benign = data
+    sampler = EpisodeSampler(X, family, ["big", "mid"], benign, shots=5, queries=15, benign_queries=60)
+    b = sampler.sample(4, np.random.default_rng(0))
+    assert b.support_x.shape == (4, 10, D) and b.query_x.shape == (4, 75, D)
+    assert (b.query_y == np.repeat([0, 1], [60, 15])).all()
+    for t in range(4):
+        s, q = rows(b.support_x[t]), rows(b.query_x[t])
+        assert not set(s) & set(q) and len(set(q[:60])) == 60
+        assert (family[q[:60]] == BENIGN).all() and (family[q[60:]] != BENIGN).all()
+    # The default equals benign_queries = queries, draw for draw.
+    a = EpisodeSampler(X, family, ["big", "mid"], benign, queries=15).sample(3, np.random.default_rng(5))
+    c = EpisodeSampler(X, family, ["big", "mid"], benign, queries=15, benign_queries=15).sample(
+        3, np.random.default_rng(5)
+    )
+    assert np.array_equal(a.query_x, c.query_x) and np.array_equal(a.support_x, c.support_x)
+
+
 def test_sample_reproducible_from_rng_state(data) -> None:
     X, family, benign = data
     sampler = EpisodeSampler(X, family, ["big", "mid"], benign)
@@ -99,6 +117,8 @@ def test_classify_labels_and_families(data) -> None:
         (["big"], {"ways": 3}, "ways must be 2"),
         ([BENIGN], {}, "attack families"),
         (["big"], {"kind": "nope"}, "kind"),
+        (["big", "mid"], {"kind": "classify", "benign_queries": 30}, "benign_queries"),
+        (["big"], {"benign_queries": 0}, "benign_queries"),
     ],
 )
 @pytest.mark.filterwarnings("ignore:skipping families")

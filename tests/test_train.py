@@ -79,3 +79,38 @@ def test_reptile_trains_without_an_optimizer(tmp_path):
     assert any(not torch.equal(a, b) for a, b in zip(before, learner.parameters(), strict=True))
     _, meta = load_checkpoint(tmp_path, "reptile.last")
     assert meta["optimizer"] is None
+
+
+def test_a_query_loss_replaces_the_learners_outer_loss(tmp_path):
+    """meta_train's ``query_loss`` path (adapt, predict, then the given objective): with the tail objective
+    over every benign query of balanced tasks it is the learner's own mean cross-entropy, so both runs end
+    on the same weights; a tail over fewer benign rows trains differently."""
+    from functools import partial
+
+    from metashield.meta.objectives import tail_cross_entropy
+
+    def train(query_loss, out):
+        torch.manual_seed(0)
+        learner = build_learner("metasgd", MLP(4, [8], 2).double(), MetaConfig(inner_lr=0.1))
+        meta_train(
+            learner,
+            "metasgd",
+            _sampler(),
+            lambda _: 0.5,
+            TrainConfig(steps=6, eval_every=3, tasks_per_batch=2),
+            MetaConfig(inner_lr=0.1),
+            out_dir=tmp_path / out,
+            seed=0,
+            device=torch.device("cpu"),
+            metadata={},
+            progress=False,
+            query_loss=query_loss,
+        )
+        return learner.state_dict()
+
+    plain = train(None, "plain")
+    same = train(partial(tail_cross_entropy, hard=4), "all")
+    tail = train(partial(tail_cross_entropy, hard=1), "tail")
+    for k, v in plain.items():
+        torch.testing.assert_close(same[k], v, rtol=0, atol=1e-9)
+    assert any(not torch.allclose(tail[k], v) for k, v in plain.items())

@@ -86,7 +86,8 @@ class EpisodeSampler:
     """Random meta-training tasks, stacked into a ``Batch``.
 
     kind="detect": benign (label 0, rows of ``benign_idx``) vs one attack family (label 1) drawn uniformly
-    from ``families``; S = 2K support and 2Q query rows per task. ``ways`` must be 2.
+    from ``families``; S = 2K support and 2Q query rows per task (Qb + Q with ``benign_queries`` = Qb: more
+    benign queries, for objectives that look at the benign tail). ``ways`` must be 2.
     kind="classify": ``ways`` distinct attack families per task, labelled 0..N-1 in random order;
     S = N*K, Q = N*queries. ``benign_idx`` is not used and may be None.
     Families with fewer than K + 1 rows are skipped with one warning listing them. Queries are drawn with
@@ -106,6 +107,7 @@ class EpisodeSampler:
         ways: int = 2,
         shots: int = 5,
         queries: int = 15,
+        benign_queries: int | None = None,
     ) -> None:
         self.X = np.asarray(X, dtype=np.float32)
         family = np.asarray(family)
@@ -119,7 +121,10 @@ class EpisodeSampler:
             raise ValueError(f"need ways >= 2, shots >= 1, queries >= 1; got {ways}, {shots}, {queries}")
         if BENIGN in families:
             raise ValueError(f"families must be attack families, got {BENIGN!r} among them")
+        if benign_queries is not None and (kind != "detect" or benign_queries < 1):
+            raise ValueError(f"benign_queries must be >= 1 and needs kind='detect', got {benign_queries}")
         self.kind, self.ways, self.shots, self.queries = kind, ways, shots, queries
+        self.benign_queries = queries if benign_queries is None else benign_queries
 
         # One pass over the labels instead of one comparison per family.
         rows = pd.Series(family).groupby(family).indices
@@ -164,17 +169,17 @@ class EpisodeSampler:
                 tuple(self._pools[i] for i in rng.choice(len(self._pools), self.ways, replace=False))
                 for _ in range(n_tasks)
             ]
-        # idx[t, c] holds class c's K support rows then its Q query rows.
-        idx = np.stack([np.stack([_split_pool(p, k, q, rng) for p in task]) for task in chosen])
-        n_way = idx.shape[1]
-        support_idx = idx[:, :, :k].reshape(n_tasks, n_way * k)
-        query_idx = idx[:, :, k:].reshape(n_tasks, n_way * q)
-        labels = np.arange(n_way, dtype=np.int64)
+        # Class c of every task: K support rows then sizes[c] query rows (benign is class 0 of detect tasks).
+        sizes = [self.benign_queries, q] if self.kind == "detect" else [q] * self.ways
+        rows = [[_split_pool(p, k, sizes[c], rng) for c, p in enumerate(task)] for task in chosen]
+        support_idx = np.stack([np.concatenate([r[:k] for r in task]) for task in rows])
+        query_idx = np.stack([np.concatenate([r[k:] for r in task]) for task in rows])
+        labels = np.arange(len(sizes), dtype=np.int64)
         return Batch(
             support_x=self.X[support_idx],
-            support_y=np.broadcast_to(np.repeat(labels, k), (n_tasks, n_way * k)).copy(),
+            support_y=np.broadcast_to(np.repeat(labels, k), support_idx.shape).copy(),
             query_x=self.X[query_idx],
-            query_y=np.broadcast_to(np.repeat(labels, q), (n_tasks, n_way * q)).copy(),
+            query_y=np.broadcast_to(np.repeat(labels, sizes), query_idx.shape).copy(),
         )
 
 
