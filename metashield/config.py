@@ -214,6 +214,15 @@ class TrainConfig(_Strict):
     def _check(self) -> TrainConfig:
         if self.kind == "detect" and self.ways != 2:
             raise ValueError(f"detect episodes are binary: ways must be 2, not {self.ways}")
+        if (
+            self.query_loss == "tail"
+            and self.benign_queries is not None
+            and self.benign_queries < self.queries
+        ):
+            raise ValueError(
+                f"train.benign_queries = {self.benign_queries}: query_loss tail keeps the queries = "
+                f"{self.queries} benign queries scored most like attacks, so it needs at least that many"
+            )
         if self.query_loss == "tail" and "reptile" in self.algorithms:
             raise ValueError(
                 "train.query_loss: reptile has no query objective (it adapts on every labelled row); "

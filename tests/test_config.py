@@ -86,3 +86,5 @@ def test_tail_query_loss_is_refused_for_reptile_which_has_no_query_objective():
         load_config(None, ["train.query_loss=tail"])
     with pytest.raises(ConfigError, match="benign_queries"):
         load_config(None, ["train.benign_queries=0"])
+    with pytest.raises(ConfigError, match="benign_queries = 10: query_loss tail"):
+        load_config(None, ["train.query_loss=tail", "train.benign_queries=10", "train.algorithms=[maml]"])
