@@ -98,6 +98,13 @@ def with_replay(report: dict, replay: dict, baselines: list[str]) -> dict:
     return report
 
 
+def report_with_replay(run: Path, replay: dict) -> dict:
+    """The run's ``metrics.json`` with ``replay`` (``replay_run``'s result) among its configured baselines."""
+    config, _ = load_run_config(run)
+    report = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    return with_replay(report, replay, list(config.evaluate.baselines))
+
+
 def per_run_table(runs: list[Path]) -> str:
     """One row per (run, shot): best-meta, the best baseline before and after logreg-replay joins, paired."""
     lines = [
@@ -146,10 +153,9 @@ def main() -> None:
             replay = replay_run(run)
             if args.no_pool:
                 continue
-            config, _ = load_run_config(run)
-            report = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+            report = report_with_replay(run, replay)
             report["protocol"]["split_seed"], report["protocol"]["train_seed"] = split, seed
-            reports.append(with_replay(report, replay, list(config.evaluate.baselines)))
+            reports.append(report)
     if args.no_pool:
         return
     pooled = pool(reports)

@@ -37,15 +37,14 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benign_replay import NAME as REPLAY  # noqa: E402  (benchmarks/ is on sys.path)
-from benign_replay import replay_run, with_replay  # noqa: E402
+from benign_replay import replay_run, report_with_replay  # noqa: E402
 from few_shot_quality import METRIC, markdown, pool  # noqa: E402
 from seed_ensemble import paired_gain  # noqa: E402
 
 from metashield._atomic import atomic_write_json, atomic_write_text  # noqa: E402
 from metashield.device import resolve_device  # noqa: E402
 from metashield.evaluation.baselines import Scorer, learner_scorer  # noqa: E402
-from metashield.evaluation.metrics import episode_metrics  # noqa: E402
-from metashield.evaluation.protocol import EpisodeSet, mean_metric, score_set  # noqa: E402
+from metashield.evaluation.protocol import EpisodeSet, mean_metric, score_set, set_metrics  # noqa: E402
 from metashield.evaluation.report import summarise_method  # noqa: E402
 from metashield.runs import (  # noqa: E402
     held_out_episode_sets,
@@ -82,14 +81,6 @@ def scaled_scores(scorer: Scorer, es: EpisodeSet, reference: torch.Tensor) -> np
     return scores[:, :m], scores[:, :m] / scale
 
 
-def metrics(scores: np.ndarray, es: EpisodeSet, seed: int, base_rate: float | None) -> list[dict]:
-    """Per-episode metrics exactly as ``run_protocol`` computes them."""
-    return [
-        episode_metrics(scores[e], es.query_y[e], threshold=0.0, seed=seed + e, base_rate=base_rate)
-        for e in range(len(scores))
-    ]
-
-
 def blend_sets(
     parts: Mapping[str, Scorer], sets: Mapping[str, EpisodeSet], reference: torch.Tensor, seed: int, base_rate
 ) -> tuple[dict, dict]:
@@ -100,9 +91,11 @@ def blend_sets(
         scaled = {}
         for p, scorer in parts.items():
             scores, scaled[p] = scaled_scores(scorer, es, reference)
-            raw[p][fam] = metrics(scores, es, seed, base_rate)
+            raw[p][fam] = set_metrics(scores, es, seed=seed, base_rate=base_rate)
         for w in WEIGHTS:
-            blended[w][fam] = metrics(w * scaled[META] + (1 - w) * scaled[REPLAY], es, seed, base_rate)
+            blended[w][fam] = set_metrics(
+                w * scaled[META] + (1 - w) * scaled[REPLAY], es, seed=seed, base_rate=base_rate
+            )
     return raw, blended
 
 
@@ -194,9 +187,8 @@ def main() -> None:
             if args.no_pool:
                 continue
             config, _ = load_run_config(run)
-            report = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+            report = report_with_replay(run, replay_run(run))
             report["protocol"]["split_seed"], report["protocol"]["train_seed"] = split, seed
-            report = with_replay(report, replay_run(run), list(config.evaluate.baselines))
             reports.append(with_blend(report, blend, list(config.train.algorithms)))
     if args.no_pool:
         return

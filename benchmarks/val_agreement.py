@@ -31,10 +31,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benign_replay import NAME as REPLAY  # noqa: E402  (benchmarks/ is on sys.path)
-from benign_replay import with_replay  # noqa: E402
+from benign_replay import report_with_replay  # noqa: E402
 from few_shot_quality import METRIC, pool  # noqa: E402
-
-from metashield.runs import load_run_config  # noqa: E402
 
 
 def load_reports(root: Path, runs: list[str]) -> list[dict]:
@@ -49,9 +47,7 @@ def load_reports(root: Path, runs: list[str]) -> list[dict]:
                 raise SystemExit(
                     f"{run}: no {REPLAY} in metrics.json and no {cache}: run benign_replay.py first"
                 )
-            config, _ = load_run_config(run)
-            replay = json.loads(cache.read_text(encoding="utf-8"))
-            report = with_replay(report, replay, list(config.evaluate.baselines))
+            report = report_with_replay(run, json.loads(cache.read_text(encoding="utf-8")))
         out.append(report)
     return out
 

@@ -123,11 +123,19 @@ def run_protocol(
             if bad:
                 log.warning("%s on %s: %d non-finite scores, counted against the method", method, fam, bad)
                 scores = worst_case_scores(scores, es.query_y)
-            out[method][fam] = [
-                episode_metrics(scores[e], es.query_y[e], threshold=0.0, seed=seed + e, base_rate=base_rate)
-                for e in range(len(scores))
-            ]
+            out[method][fam] = set_metrics(scores, es, seed=seed, base_rate=base_rate)
     return out
+
+
+def set_metrics(
+    scores: np.ndarray, es: EpisodeSet, *, seed: int = 0, base_rate: float | None = None
+) -> list[dict[str, float]]:
+    """Per-episode metrics of finite scores [E, M] on ``es`` (decision threshold 0), as ``run_protocol``
+    reports them: for scores a scorer did not produce by itself, e.g. a combination of several."""
+    return [
+        episode_metrics(scores[e], es.query_y[e], threshold=0.0, seed=seed + e, base_rate=base_rate)
+        for e in range(len(scores))
+    ]
 
 
 def mean_metric(result: Mapping[str, list[dict[str, float]]], metric: str = "tpr@1%fpr") -> float:
