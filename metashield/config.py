@@ -187,7 +187,9 @@ class TrainConfig(_Strict):
     algorithms: list[Algorithm] = Field(default_factory=lambda: list(ALGORITHMS))
     kind: Literal["detect", "classify"] = "detect"
     ways: int = Field(2, ge=2)
-    shots: int = Field(5, ge=1)
+    shots: int | list[int] = 5
+    """Support rows per class of a meta-training task; a list (e.g. ``[1, 5, 10]``) draws K per batch from it
+    and early-stops on the mean meta-val score over those shot counts."""
     queries: int = Field(15, ge=1)
     tasks_per_batch: int = Field(16, ge=1)
     steps: int = Field(2000, ge=1)
@@ -210,10 +212,20 @@ class TrainConfig(_Strict):
     (``meta.objectives.tail_cross_entropy``: the attack queries and the ``queries`` benign queries scored
     most like attacks, for detection at a low FPR; use it with ``benign_queries`` > ``queries``)."""
 
+    @property
+    def shot_list(self) -> list[int]:
+        """``shots`` as a list."""
+        return [self.shots] if isinstance(self.shots, int) else list(self.shots)
+
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
         if self.kind == "detect" and self.ways != 2:
             raise ValueError(f"detect episodes are binary: ways must be 2, not {self.ways}")
+        shots = self.shot_list
+        if not shots or min(shots) < 1 or len(set(shots)) != len(shots):
+            raise ValueError(
+                f"train.shots must be >= 1, or a non-empty list of distinct values >= 1; got {shots}"
+            )
         if (
             self.query_loss == "tail"
             and self.benign_queries is not None

@@ -180,7 +180,10 @@ def train_run(config: Config, out_dir: str | Path, *, resume: bool = False, prog
         benign_queries=tc.benign_queries,
     )
     query_loss = functools.partial(tail_cross_entropy, hard=tc.queries) if tc.query_loss == "tail" else None
-    val_sets = episode_sets(config, prep, "val", tc.shots, tc.val_episodes, config.seed + 7, device)
+    val_sets = {}
+    for k in tc.shot_list:
+        sets = episode_sets(config, prep, "val", k, tc.val_episodes, config.seed + 7, device)
+        val_sets.update({f"{k}-shot {name}": episodes for name, episodes in sets.items()})
     if not val_sets:
         raise ValueError(
             "no meta-val family has enough rows: add families to split.val_families or raise n_val"

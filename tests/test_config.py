@@ -88,3 +88,11 @@ def test_tail_query_loss_is_refused_for_reptile_which_has_no_query_objective():
         load_config(None, ["train.benign_queries=0"])
     with pytest.raises(ConfigError, match="benign_queries = 10: query_loss tail"):
         load_config(None, ["train.query_loss=tail", "train.benign_queries=10", "train.algorithms=[maml]"])
+
+
+def test_train_shots_is_an_int_or_a_list_of_distinct_shot_counts():
+    assert load_config(None, []).train.shot_list == [5]
+    assert load_config(None, ["train.shots=[1, 5, 10]"]).train.shot_list == [1, 5, 10]
+    for bad in ("[]", "[5, 5]", "[0, 5]", "0"):
+        with pytest.raises(ConfigError, match="train.shots"):
+            load_config(None, [f"train.shots={bad}"])

@@ -70,6 +70,33 @@ def test_sample_reproducible_from_rng_state(data) -> None:
     assert not np.array_equal(a.query_x, c.query_x)
 
 
+def test_shot_list_draws_one_k_per_batch(data) -> None:
+    X, family, benign = data
+    sampler = EpisodeSampler(X, family, ["big", "mid"], benign, shots=[1, 3], queries=15)
+    rng = np.random.default_rng(0)
+    ks = []
+    for _ in range(40):
+        b = sampler.sample(4, rng)
+        k = b.support_x.shape[1] // 2
+        assert b.support_x.shape == (4, 2 * k, D) and b.query_x.shape == (4, 30, D)
+        assert (b.support_y == np.repeat([0, 1], k)).all()
+        for t in range(4):
+            assert not set(rows(b.support_x[t])) & set(rows(b.query_x[t]))
+        ks.append(k)
+    assert set(ks) == {1, 3} and 10 <= ks.count(1) <= 30
+    # One K in a list draws nothing: the stream of a fixed-K run is unchanged.
+    a = EpisodeSampler(X, family, ["big", "mid"], benign, shots=[5]).sample(3, np.random.default_rng(5))
+    c = EpisodeSampler(X, family, ["big", "mid"], benign, shots=5).sample(3, np.random.default_rng(5))
+    assert np.array_equal(a.support_x, c.support_x) and np.array_equal(a.query_x, c.query_x)
+
+
+def test_shot_list_skips_families_too_small_for_its_largest_k(data) -> None:
+    X, family, benign = data
+    with pytest.warns(UserWarning, match=r"shots \+ 1 = 11 rows: few \(8\)"):
+        sampler = EpisodeSampler(X, family, ["big", "few"], benign, shots=[1, 10], queries=5)
+    assert sampler.families == ["big"]
+
+
 def test_small_families_skipped_with_one_warning(data) -> None:
     X, family, benign = data
     with pytest.warns(UserWarning, match=r"few \(8\), missing \(0\), tiny \(3\)") as record:
@@ -119,6 +146,9 @@ def test_classify_labels_and_families(data) -> None:
         (["big"], {"kind": "nope"}, "kind"),
         (["big", "mid"], {"kind": "classify", "benign_queries": 30}, "benign_queries"),
         (["big"], {"benign_queries": 0}, "benign_queries"),
+        (["big"], {"shots": []}, "non-empty list of distinct"),
+        (["big"], {"shots": [2, 2]}, "non-empty list of distinct"),
+        (["big"], {"shots": [0, 5]}, "shots >= 1"),
     ],
 )
 @pytest.mark.filterwarnings("ignore:skipping families")

@@ -10,12 +10,18 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from conftest import write_synthetic_flows
 from safetensors.torch import load_file
 
+from metashield.checkpoint import load_checkpoint
 from metashield.cli import main
 from metashield.config import load_config
+from metashield.evaluation.baselines import learner_scorer
+from metashield.evaluation.protocol import mean_metric, run_protocol
+from metashield.runs import episode_sets, load_model, load_run
 from metashield.workflow import evaluate_run, train_run
 
 TINY = [
@@ -308,3 +314,26 @@ def test_scratch_baseline_scores_the_same_whatever_ran_before(synthetic_run):
     np.testing.assert_array_equal(scores[0], scores[1])
     with pytest.raises(ValueError, match="needs the run's pretrained model"):
         baseline_scorer("finetune", {"lr": 0.1, "steps": 5, "head_only": False}, config, prep, None, "cpu")
+
+
+def test_a_list_of_train_shots_early_stops_on_the_mean_meta_val_score_over_them(tmp_path):
+    csv = write_synthetic_flows(tmp_path / "flows.csv")
+    overrides = tabular_overrides(csv) + TINY + ["train.shots=[1, 5]", "train.algorithms=[metasgd]"]
+    config = load_config(None, overrides)
+    run = tmp_path / "run"
+    train_run(config, run, progress=False)
+    config, prep, _ = load_run(run)
+    learner = load_model(config, prep.X.shape[1], run, "metasgd", "metasgd")
+    _, saved = load_checkpoint(run, "metasgd")
+    device = torch.device("cpu")
+    per_shot = [
+        mean_metric(
+            run_protocol(
+                {"m": learner_scorer(learner)},
+                episode_sets(config, prep, "val", k, config.train.val_episodes, config.seed + 7, device),
+            )["m"]
+        )
+        for k in (1, 5)
+    ]
+    assert per_shot[0] != per_shot[1]
+    assert saved["val_tpr@1%fpr"] == pytest.approx(np.mean(per_shot), abs=1e-12)

@@ -90,6 +90,8 @@ class EpisodeSampler:
     benign queries, for objectives that look at the benign tail). ``ways`` must be 2.
     kind="classify": ``ways`` distinct attack families per task, labelled 0..N-1 in random order;
     S = N*K, Q = N*queries. ``benign_idx`` is not used and may be None.
+    ``shots`` may be a list: each batch then draws its K from it (one K per batch, so the batch still stacks),
+    to meta-train one model for several deployed shot counts.
     Families with fewer than K + 1 rows are skipped with one warning listing them. Queries are drawn with
     replacement from what the support leaves when a family has fewer than K + Q rows.
 
@@ -105,10 +107,15 @@ class EpisodeSampler:
         *,
         kind: Literal["detect", "classify"] = "detect",
         ways: int = 2,
-        shots: int = 5,
+        shots: int | Sequence[int] = 5,
         queries: int = 15,
         benign_queries: int | None = None,
     ) -> None:
+        self.shot_choices = [int(k) for k in np.atleast_1d(shots)]
+        if not self.shot_choices or len(set(self.shot_choices)) != len(self.shot_choices):
+            raise ValueError(f"shots must be an int or a non-empty list of distinct ints, got {shots!r}")
+        # Every family must serve the largest K, so the set of sampled families does not depend on the draw.
+        shots = max(self.shot_choices)
         self.X = np.asarray(X, dtype=np.float32)
         family = np.asarray(family)
         if self.X.ndim != 2 or len(self.X) != len(family):
@@ -117,13 +124,15 @@ class EpisodeSampler:
             raise ValueError(f"kind must be 'detect' or 'classify', got {kind!r}")
         if kind == "detect" and ways != 2:
             raise ValueError(f"ways must be 2 for kind='detect' (benign vs one family), got {ways}")
-        if ways < 2 or shots < 1 or queries < 1:
-            raise ValueError(f"need ways >= 2, shots >= 1, queries >= 1; got {ways}, {shots}, {queries}")
+        if ways < 2 or min(self.shot_choices) < 1 or queries < 1:
+            raise ValueError(
+                f"need ways >= 2, shots >= 1, queries >= 1; got {ways}, {self.shot_choices}, {queries}"
+            )
         if BENIGN in families:
             raise ValueError(f"families must be attack families, got {BENIGN!r} among them")
         if benign_queries is not None and (kind != "detect" or benign_queries < 1):
             raise ValueError(f"benign_queries must be >= 1 and needs kind='detect', got {benign_queries}")
-        self.kind, self.ways, self.shots, self.queries = kind, ways, shots, queries
+        self.kind, self.ways, self.queries = kind, ways, queries
         self.benign_queries = queries if benign_queries is None else benign_queries
 
         # One pass over the labels instead of one comparison per family.
@@ -161,7 +170,11 @@ class EpisodeSampler:
         """``n_tasks`` tasks; the same ``rng`` state gives the same batch."""
         if n_tasks < 1:
             raise ValueError(f"n_tasks must be >= 1, got {n_tasks}")
-        k, q = self.shots, self.queries
+        q = self.queries
+        # A single K draws nothing, so fixed-K runs keep the episode stream they always had.
+        k = self.shot_choices[0]
+        if len(self.shot_choices) > 1:
+            k = self.shot_choices[rng.integers(len(self.shot_choices))]
         if self.kind == "detect":
             chosen = [(self._benign, self._pools[rng.integers(len(self._pools))]) for _ in range(n_tasks)]
         else:
