@@ -15,6 +15,12 @@ the val-chosen best meta-learner, ``logreg-replay`` joins the baselines, and the
 with ``few_shot_quality.pool``. Nothing is chosen on test families.
 
 The blend is a hybrid: half of it is a baseline. The tables therefore also give it against each part.
+
+With ``--ensemble`` the meta part is the seed ensemble of ``seed_ensemble.py`` (the mean margin of Meta-SGD
+trained with every ``--seeds`` seed of the run's split; run that script first: its recorded test figures
+are the reproduction check), the candidates include that ensemble, and the outputs are named
+``replay_blend_ens<n>.*``.
+
 Each run's result is cached as ``replay_blend.json`` in the run directory (``--no-pool`` fills the caches, so
 several processes can share the runs); ``replay_blend.json`` and ``replay_blend.md`` under ``--runs`` hold
 the pooled tables.
@@ -37,9 +43,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benign_replay import NAME as REPLAY  # noqa: E402  (benchmarks/ is on sys.path)
-from benign_replay import replay_run, report_with_replay  # noqa: E402
+from benign_replay import replay_run, report_with_replay, with_replay  # noqa: E402
 from few_shot_quality import METRIC, markdown, pool  # noqa: E402
-from seed_ensemble import paired_gain  # noqa: E402
+from seed_ensemble import ensemble_scorer, paired_gain  # noqa: E402
 
 from metashield._atomic import atomic_write_json, atomic_write_text  # noqa: E402
 from metashield.device import resolve_device  # noqa: E402
@@ -84,7 +90,10 @@ def scaled_scores(scorer: Scorer, es: EpisodeSet, reference: torch.Tensor) -> np
 def blend_sets(
     parts: Mapping[str, Scorer], sets: Mapping[str, EpisodeSet], reference: torch.Tensor, seed: int, base_rate
 ) -> tuple[dict, dict]:
-    """(per part: raw per-episode metrics by family; per weight: the blend's, by family)."""
+    """(per part: raw per-episode metrics by family; per weight: the blend's, by family).
+
+    ``parts``: the meta part first, then ``logreg-replay``."""
+    meta = next(iter(parts))
     raw: dict = {p: {} for p in parts}
     blended: dict = {w: {} for w in WEIGHTS}
     for fam, es in sets.items():
@@ -94,7 +103,7 @@ def blend_sets(
             raw[p][fam] = set_metrics(scores, es, seed=seed, base_rate=base_rate)
         for w in WEIGHTS:
             blended[w][fam] = set_metrics(
-                w * scaled[META] + (1 - w) * scaled[REPLAY], es, seed=seed, base_rate=base_rate
+                w * scaled[meta] + (1 - w) * scaled[REPLAY], es, seed=seed, base_rate=base_rate
             )
     return raw, blended
 
@@ -108,16 +117,32 @@ def check_reproduces(run: Path, what: str, got: dict, recorded: dict) -> None:
             )
 
 
-def blend_run(run: Path) -> dict:
-    """Per shot: the val-chosen weight, the blend's meta-val score and test summary for one run, cached."""
-    cache = run / "replay_blend.json"
+def blend_run(run: Path, members: list[Path] | None = None, recorded: dict | None = None) -> dict:
+    """Per shot: the val-chosen weight, the blend's meta-val score and test summary for one run, cached.
+
+    members: the runs whose Meta-SGD models form the meta part (an ensemble), with ``recorded`` the run's
+    report from ``seed_ensemble.json``; None: the run's own Meta-SGD, checked against ``metrics.json``.
+    """
+    cache = run / ("replay_blend.json" if members is None else f"replay_blend_ens{len(members)}.json")
     if cache.is_file():
         return json.loads(cache.read_text(encoding="utf-8"))
     replay = replay_run(run)
     config, prep, meta = load_run(run)
     device = resolve_device(config.device)
-    report = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
-    learner = load_model(config, int(meta["in_dim"]), run, META, META).to(device)
+    report = json.loads((run / "metrics.json").read_text(encoding="utf-8")) if recorded is None else recorded
+    if members is None:
+        name, meta_scorer = (
+            META,
+            learner_scorer(load_model(config, int(meta["in_dim"]), run, META, META).to(device)),
+        )
+    else:
+        name = f"{META}-ens{len(members)}"
+        meta_scorer = ensemble_scorer(
+            [
+                learner_scorer(load_model(config, int(meta["in_dim"]), m, META, META).to(device))
+                for m in members
+            ]
+        )
     pool_rows = prep.replay_pool()
     pick = np.random.default_rng(config.seed + 7).choice(len(pool_rows), REFERENCE_ROWS, replace=False)
     reference = torch.from_numpy(pool_rows[np.sort(pick)])
@@ -126,7 +151,7 @@ def blend_run(run: Path) -> dict:
     for shot, entry in report["shots"].items():
         k = int(shot)
         parts = {
-            META: learner_scorer(learner),
+            name: meta_scorer,
             REPLAY: baseline_scorer(REPLAY, replay[shot]["params"], config, prep, None, device),
         }
         _, val = blend_sets(parts, tuning_episode_sets(config, prep, k, device), reference, 0, None)
@@ -135,7 +160,7 @@ def blend_run(run: Path) -> dict:
         test_sets = held_out_episode_sets(config, prep, k, report["protocol"]["episodes_per_family"], device)
         raw, blended = blend_sets(parts, test_sets, reference, config.seed, base_rate)
         check_reproduces(
-            run, f"{k}-shot {META}", summarise_method(raw[META], seed=config.seed), entry["summary"][META]
+            run, f"{k}-shot {name}", summarise_method(raw[name], seed=config.seed), entry["summary"][name]
         )
         check_reproduces(
             run,
@@ -150,10 +175,10 @@ def blend_run(run: Path) -> dict:
             "summary": summarise_method(blended[w], seed=config.seed),
         }
         print(
-            f"{run.name} {k}-shot: w={w} val {100 * val_scores[w]:.1f} ({META} "
-            f"{100 * entry['val_tpr@1%fpr'][META]:.1f}, {REPLAY} {100 * replay[shot]['val_tpr@1%fpr']:.1f}), "
-            f"test {100 * out[shot]['summary'][METRIC]['mean']:.1f} ({META} "
-            f"{100 * entry['summary'][META][METRIC]['mean']:.1f}, {REPLAY} "
+            f"{run.name} {k}-shot: w={w} val {100 * val_scores[w]:.1f} ({name} "
+            f"{100 * entry['val_tpr@1%fpr'][name]:.1f}, {REPLAY} {100 * replay[shot]['val_tpr@1%fpr']:.1f}), "
+            f"test {100 * out[shot]['summary'][METRIC]['mean']:.1f} ({name} "
+            f"{100 * entry['summary'][name][METRIC]['mean']:.1f}, {REPLAY} "
             f"{100 * replay[shot]['summary'][METRIC]['mean']:.1f})",
             flush=True,
         )
@@ -161,12 +186,12 @@ def blend_run(run: Path) -> dict:
     return out
 
 
-def with_blend(report: dict, blend: dict, algorithms: list[str]) -> dict:
+def with_blend(report: dict, blend: dict, candidates: list[str], name: str = NAME) -> dict:
     """A run's report (``logreg-replay`` already among its baselines), the blend among its meta-learners."""
     for shot, entry in report["shots"].items():
-        entry["summary"][NAME] = blend[shot]["summary"]
-        entry["val_tpr@1%fpr"][NAME] = blend[shot]["val_tpr@1%fpr"]
-        entry["best_meta_learner"] = max([*algorithms, NAME], key=lambda a: entry["val_tpr@1%fpr"][a])
+        entry["summary"][name] = blend[shot]["summary"]
+        entry["val_tpr@1%fpr"][name] = blend[shot]["val_tpr@1%fpr"]
+        entry["best_meta_learner"] = max([*candidates, name], key=lambda a: entry["val_tpr@1%fpr"][a])
     return report
 
 
@@ -176,29 +201,49 @@ def main() -> None:
     ap.add_argument("--splits", default="0,1,2")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--no-pool", action="store_true", help="only fill the per-run caches (parallel workers)")
+    ap.add_argument("--ensemble", action="store_true", help="blend the seed ensemble of --seeds instead")
     args = ap.parse_args()
     torch.set_num_threads(1)
     started = time.time()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    meta, stem = (
+        (f"{META}-ens{len(seeds)}", f"replay_blend_ens{len(seeds)}")
+        if args.ensemble
+        else (META, "replay_blend")
+    )
+    name = f"{meta}+replay"
+    if args.ensemble:
+        recorded = {
+            (r["protocol"]["split_seed"], r["protocol"]["train_seed"]): r
+            for r in json.loads((args.runs / "seed_ensemble.json").read_text(encoding="utf-8"))["reports"]
+        }
     reports, weights = [], {}
     for split in (int(s) for s in args.splits.split(",")):
-        for seed in (int(s) for s in args.seeds.split(",")):
+        members = [args.runs / f"split{split}_seed{s}" for s in seeds] if args.ensemble else None
+        for seed in seeds:
             run = args.runs / f"split{split}_seed{seed}"
-            blend = weights[run.name] = blend_run(run)
+            ens_report = recorded[(split, seed)] if args.ensemble else None
+            blend = weights[run.name] = blend_run(run, members, ens_report)
             if args.no_pool:
                 continue
             config, _ = load_run_config(run)
-            report = report_with_replay(run, replay_run(run))
+            candidates = list(config.train.algorithms)
+            if args.ensemble:
+                report = with_replay(ens_report, replay_run(run), list(config.evaluate.baselines))
+                candidates.append(meta)
+            else:
+                report = report_with_replay(run, replay_run(run))
             report["protocol"]["split_seed"], report["protocol"]["train_seed"] = split, seed
-            reports.append(with_blend(report, blend, list(config.train.algorithms)))
+            reports.append(with_blend(report, blend, candidates, name))
     if args.no_pool:
         return
     pooled = pool(reports)
     text = markdown(pooled, reports, args)
-    gains = {part: paired_gain(reports, NAME, part) for part in (META, REPLAY)}
-    text += f"\n{NAME}: w * {META} + (1 - w) * {REPLAY}, margins scaled on {REFERENCE_ROWS} benign training "
+    gains = {part: paired_gain(reports, name, part) for part in (meta, REPLAY)}
+    text += f"\n{name}: w * {meta} + (1 - w) * {REPLAY}, margins scaled on {REFERENCE_ROWS} benign training "
     text += f"rows, w in {WEIGHTS} chosen on meta-val; {(time.time() - started) / 60:.1f} min\n"
     for part, gain in gains.items():
-        text += f"\n{NAME} − {part} (paired per run and family): " + ", ".join(
+        text += f"\n{name} − {part} (paired per run and family): " + ", ".join(
             f"{s}-shot {100 * g['mean']:+.1f} [{100 * g['lo']:+.1f}, {100 * g['hi']:+.1f}]"
             for s, g in gain.items()
         )
@@ -207,10 +252,8 @@ def main() -> None:
     )
     text += "\n"
     print(text)
-    atomic_write_json(
-        args.runs / "replay_blend.json", {"pooled": pooled, "minus_part": gains, "reports": reports}
-    )
-    atomic_write_text(args.runs / "replay_blend.md", text)
+    atomic_write_json(args.runs / f"{stem}.json", {"pooled": pooled, "minus_part": gains, "reports": reports})
+    atomic_write_text(args.runs / f"{stem}.md", text)
 
 
 if __name__ == "__main__":
