@@ -6,12 +6,8 @@ Each (split, seed) is a full ``metashield train`` + ``evaluate`` run of ``config
 finished runs are reused). The best meta-learner and the best baseline are chosen on meta-val families in
 each run; this script only pools the test results and writes ``quality.json`` and ``quality.md``.
 
-``--drawn-val N`` replaces the config's fixed meta-val families, per split, by N families drawn like the test
-ones: uniformly (``numpy.random.default_rng([7, split])``) among the families with at least
-``split.min_rows`` rows that are not that split's test families, which stay those of the fixed-val config.
-The families left over join meta-train.
-
-    python benchmarks/few_shot_quality.py --splits 0,1,2 --seeds 0,1,2 --out runs/repval --drawn-val 6
+A finished run is reused only if it was made with the same protocol: the same config outside the keys that
+choose families, and the same meta-train / meta-val / test families.
 """
 
 from __future__ import annotations
@@ -24,8 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from metashield._atomic import atomic_write_json, atomic_write_text
-from metashield.config import load_config
-from metashield.data.types import BENIGN
+from metashield.config import Config, load_config
 from metashield.experiment import prepare
 from metashield.runs import load_run_config
 from metashield.workflow import evaluate_run, train_run
@@ -34,21 +29,14 @@ REPO = Path(__file__).resolve().parents[1]
 METRIC = "tpr@1%fpr"
 
 
-def drawn_val_overrides(split: int, n_val: int, overrides: list[str]) -> list[str]:
-    """``--set`` values that fix the split's test families and draw its meta-val families like them."""
-    config = load_config(REPO / "configs" / "nsl_kdd.yaml", [f"split.seed={split}", *overrides])
-    prep = prepare(config)
-    names, counts = np.unique(prep.family[prep.family != BENIGN], return_counts=True)
-    test = set(prep.split.test)
-    candidates = sorted(str(f) for f, n in zip(names, counts, strict=True) if n >= config.split.min_rows)
-    candidates = [f for f in candidates if f not in test]
-    if n_val > len(candidates):
-        raise SystemExit(
-            f"split {split}: --drawn-val {n_val} but only {len(candidates)} families can be drawn"
-        )
-    val = sorted(np.random.default_rng([7, split]).choice(candidates, n_val, replace=False).tolist())
-    logging.info("split %d: meta-val %s, test %s", split, val, sorted(test))
-    return [f"split.val_families=[{', '.join(val)}]", f"split.test_families=[{', '.join(sorted(test))}]"]
+FAMILY_KEYS = ("val_families", "test_families", "never_test", "n_val", "n_test", "min_rows")
+
+
+def _protocol(config: Config) -> dict:
+    """The config without the keys that only choose families (their result is compared instead)."""
+    d = config.model_dump(mode="json")
+    d["split"] = {k: v for k, v in d["split"].items() if k not in FAMILY_KEYS}
+    return d
 
 
 def run_one(out: Path, split: int, seed: int, overrides: list[str], episodes: int | None) -> dict:
@@ -60,9 +48,9 @@ def run_one(out: Path, split: int, seed: int, overrides: list[str], episodes: in
         train_run(config, run, resume=run.exists(), progress=False)
         return evaluate_run(run, episodes_per_family=episodes)
     # Parsed, so that keys added to the config since the run was made take their defaults.
-    saved, _ = load_run_config(run)
-    if saved.model_dump(mode="json") != config.model_dump(mode="json"):
-        raise SystemExit(f"{run} was made with another config than these options give: use another --out")
+    saved, meta = load_run_config(run)
+    if _protocol(saved) != _protocol(config) or meta["split"] != prepare(config).split.to_dict():
+        raise SystemExit(f"{run} was made with another protocol than these options give: use another --out")
     return json.loads((run / "metrics.json").read_text(encoding="utf-8"))
 
 
@@ -151,32 +139,21 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, help="episodes per family (default: the config's 50)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--finished-only", action="store_true", help="pool only runs that have metrics")
-    parser.add_argument(
-        "--drawn-val", type=int, metavar="N", help="N meta-val families drawn like the test ones"
-    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     reports = []
     splits = [int(s) for s in args.splits.split(",")]
-    per_split = {
-        split: args.overrides
-        + ([] if args.drawn_val is None else drawn_val_overrides(split, args.drawn_val, args.overrides))
-        for split in splits
-    }
     # Seed-major order: an interrupted benchmark still covers every split.
     for seed in (int(s) for s in args.seeds.split(",")):
         for split in splits:
             if args.finished_only and not (args.out / f"split{split}_seed{seed}" / "metrics.json").is_file():
                 continue
-            rep = run_one(args.out, split, seed, per_split[split], args.episodes)
+            rep = run_one(args.out, split, seed, args.overrides, args.episodes)
             rep["protocol"]["split_seed"] = split
             rep["protocol"]["train_seed"] = seed
             reports.append(rep)
     pooled = pool(reports)
-    atomic_write_json(
-        args.out / "quality.json",
-        {"pooled": pooled, "overrides": {str(split): o for split, o in per_split.items()}},
-    )
+    atomic_write_json(args.out / "quality.json", {"pooled": pooled, "overrides": args.overrides})
     text = markdown(pooled, reports, args)
     atomic_write_text(args.out / "quality.md", text)
     print(text)

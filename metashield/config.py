@@ -118,6 +118,10 @@ class SplitConfig(_Strict):
 
     val_families: list[str] | None = None
     test_families: list[str] | None = None
+    never_test: list[str] = Field(default_factory=list)
+    """Families never drawn as test (e.g. those hyper-parameters were tuned on); with it, the ``n_val``
+    meta-val families are drawn after the test ones, like them, from every other eligible family
+    (``tasks.splits.split_families``)."""
     n_val: int = Field(5, ge=0)
     n_test: int = Field(10, ge=0)
     seed: int = 0

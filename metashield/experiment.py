@@ -130,6 +130,11 @@ def prepare(
     if families.kind != "labels":
         data = _pseudo_families(data, families)
     if split is None and families.kind == "windows":
+        if config.split.never_test:
+            raise ValueError(
+                "split.never_test: time windows are split by time (the latest are test), so no window can be "
+                "kept out of test; remove split.never_test"
+            )
         split = window_split(data.attack_families, config.split.n_val, config.split.n_test)
     if split is None:
         names, counts = np.unique(data.family, return_counts=True)
@@ -141,6 +146,7 @@ def prepare(
             n_test=config.split.n_test,
             seed=config.split.seed,
             eligible=[f for f, c in zip(names, counts, strict=True) if c >= config.split.min_rows],
+            never_test=config.split.never_test,
         )
     benign_rows = np.flatnonzero(data.family == BENIGN)
     if len(benign_rows) == 0:

@@ -102,3 +102,17 @@ def test_windows_without_timestamps_is_a_clear_error():
     config = load_config(None, ["data.families={kind: windows}", "split.n_val=1", "split.n_test=1"])
     with pytest.raises(ValueError, match="needs per-row timestamps"):
         prepare(config, data=data)
+
+
+def test_never_test_is_refused_for_time_windows():
+    config = load_config(
+        None,
+        [
+            "data.families={kind: windows, windows: 8}",
+            "split.n_val=1",
+            "split.n_test=1",
+            "split.never_test=[w0]",
+        ],
+    )
+    with pytest.raises(ValueError, match="split.never_test: time windows"):
+        prepare(config, data=_timed_data())

@@ -44,6 +44,42 @@ def test_split_families_errors(kwargs: dict, match: str) -> None:
         split_families(FAMS, **kwargs)
 
 
+def test_never_test_keeps_the_test_draw_and_draws_val_like_test() -> None:
+    fams = [f"f{i:02d}" for i in range(30)]
+    tuned = ["f03", "f11", "f17"]
+    eligible = fams[:25]
+    vals = set()
+    for seed in range(20):
+        s = split_families(fams, never_test=tuned, n_val=4, n_test=6, seed=seed, eligible=eligible)
+        # The test draw is the one an explicit val list of the never_test families gives.
+        fixed = split_families(fams, val=tuned, n_test=6, seed=seed, eligible=eligible)
+        assert s.test == fixed.test and not set(tuned) & set(s.test)
+        assert len(s.val) == 4 and set(s.val) <= set(eligible) - set(s.test)
+        assert sorted(s.train + s.val + s.test) == fams
+        # Meta-val has a generator of its own: the test families do not move with n_val.
+        assert (
+            split_families(fams, never_test=tuned, n_val=1, n_test=6, seed=seed, eligible=eligible).test
+            == s.test
+        )
+        vals |= set(s.val)
+    # Drawn uniformly among eligible non-test families: the never_test ones are among the picks, and so are
+    # families that an explicit val list would have left in meta-train.
+    assert set(tuned) & vals and len(vals - set(tuned)) > 5
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"never_test": ["zzz"]}, r"never_test: unknown families \['zzz'\]"),
+        ({"never_test": ["f1"], "test": ["f1", "f2"]}, r"never_test families \['f1'\] are listed as test"),
+        ({"never_test": ["f1"], "n_test": 3, "n_val": 8}, "n_val=8 exceeds the 7 eligible non-test"),
+    ],
+)
+def test_never_test_errors(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        split_families(FAMS, **kwargs)
+
+
 def test_family_split_round_trip() -> None:
     s = split_families(FAMS, n_val=1, n_test=2)
     assert FamilySplit.from_dict(s.to_dict()) == s

@@ -44,6 +44,7 @@ def split_families(
     n_test: int = 0,
     seed: int = 0,
     eligible: Collection[str] | None = None,
+    never_test: Collection[str] = (),
 ) -> FamilySplit:
     """Split attack families into train / val / test.
 
@@ -52,6 +53,13 @@ def split_families(
     of them are drawn; the rest is train. Sorting first makes the result independent of the input
     order. Each returned list is sorted. ``eligible`` limits the random draw (e.g. to families with enough
     rows for the largest shot count); the other families stay in train.
+
+    ``never_test``: families that may be meta-val or meta-train but never test, e.g. the ones hyper-parameters
+    were tuned on. They are left out of the test draw, which is therefore the draw an explicit ``val`` equal
+    to them would give; then, unless ``val`` is explicit, ``n_val`` meta-val families are drawn uniformly
+    among the eligible non-test families (``never_test`` included) with a generator of their own
+    (``default_rng([7, seed])``), so that meta-val is drawn like test and the test families do not depend
+    on ``n_val``.
     """
     fams = list(families)
     dupes = sorted(f for f, c in Counter(fams).items() if c > 1)
@@ -67,27 +75,40 @@ def split_families(
     overlap = sorted(set(val or ()) & set(test or ()))
     if overlap:
         raise ValueError(f"val and test both contain {overlap}")
+    unknown = sorted(set(never_test) - known)
+    if unknown:
+        raise ValueError(f"never_test: unknown families {unknown}")
+    overlap = sorted(set(never_test) & set(test or ()))
+    if overlap:
+        raise ValueError(f"never_test families {overlap} are listed as test families")
     for arg, n in (("n_val", n_val), ("n_test", n_test)):
         if n < 0:
             raise ValueError(f"{arg} must be >= 0, got {n}")
 
-    rest = sorted(known - set(val or ()) - set(test or ()))
+    held = set(val or ()) | set(never_test)
+    rest = sorted(known - held - set(test or ()))
     rest = [rest[i] for i in np.random.default_rng(seed).permutation(len(rest))]
-    if eligible is not None:
-        # Stable partition: the draw order among eligible families does not depend on the others.
-        allowed = set(eligible)
-        rest = [f for f in rest if f in allowed] + [f for f in rest if f not in allowed]
+    allowed = known if eligible is None else set(eligible)
+    # Stable partition: the draw order among eligible families does not depend on the others.
+    rest = [f for f in rest if f in allowed] + [f for f in rest if f not in allowed]
     n_test_draw = 0 if test is not None else n_test
     n_val_draw = 0 if val is not None else n_val
-    n_drawable = len(rest) if eligible is None else sum(f in set(eligible) for f in rest)
-    if n_test_draw + n_val_draw > n_drawable:
+    n_drawable = sum(f in allowed for f in rest)
+    separate_val = bool(never_test) and val is None
+    if n_test_draw + (0 if separate_val else n_val_draw) > n_drawable:
         raise ValueError(
             f"n_val={n_val_draw} + n_test={n_test_draw} exceed the {n_drawable} eligible families not named "
             "explicitly"
         )
     test_out = list(test) if test is not None else rest[:n_test_draw]
-    val_out = list(val) if val is not None else rest[n_test_draw : n_test_draw + n_val_draw]
-    train_out = rest[n_test_draw + n_val_draw :]
+    if separate_val:
+        candidates = sorted(f for f in known - set(test_out) if f in allowed)
+        if n_val_draw > len(candidates):
+            raise ValueError(f"n_val={n_val_draw} exceeds the {len(candidates)} eligible non-test families")
+        val_out = np.random.default_rng([7, seed]).choice(candidates, n_val_draw, replace=False).tolist()
+    else:
+        val_out = list(val) if val is not None else rest[n_test_draw : n_test_draw + n_val_draw]
+    train_out = sorted(known - set(test_out) - set(val_out))
     if not train_out:
         raise ValueError(f"no family left for training (val={sorted(val_out)}, test={sorted(test_out)})")
     return FamilySplit(train=sorted(train_out), val=sorted(val_out), test=sorted(test_out))
