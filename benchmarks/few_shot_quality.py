@@ -142,10 +142,9 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     reports = []
-    splits = [int(s) for s in args.splits.split(",")]
     # Seed-major order: an interrupted benchmark still covers every split.
     for seed in (int(s) for s in args.seeds.split(",")):
-        for split in splits:
+        for split in (int(s) for s in args.splits.split(",")):
             if args.finished_only and not (args.out / f"split{split}_seed{seed}" / "metrics.json").is_file():
                 continue
             rep = run_one(args.out, split, seed, args.overrides, args.episodes)
