@@ -54,7 +54,10 @@ def run_one(out: Path, split: int, seed: int, overrides: list[str], episodes: in
     return json.loads((run / "metrics.json").read_text(encoding="utf-8"))
 
 
-def _ci(values: np.ndarray, rng: np.random.Generator, n_boot: int = 4000) -> tuple[float, float, float]:
+def bootstrap_ci(
+    values: np.ndarray, rng: np.random.Generator, n_boot: int = 4000
+) -> tuple[float, float, float]:
+    """(mean, 2.5th, 97.5th percentile of ``n_boot`` bootstrap means) of per-unit ``values``."""
     draws = rng.choice(values, size=(n_boot, len(values)), replace=True).mean(axis=1)
     return float(values.mean()), float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))
 
@@ -82,10 +85,12 @@ def pool(reports: list[dict]) -> dict:
         diff = np.array(units["best-meta"]) - np.array(units["best-baseline"])
         out[shot] = {
             "methods": {
-                m: dict(zip(("mean", "lo", "hi"), _ci(np.array(v), rng), strict=True))
+                m: dict(zip(("mean", "lo", "hi"), bootstrap_ci(np.array(v), rng), strict=True))
                 for m, v in units.items()
             },
-            "best_meta_minus_best_baseline": dict(zip(("mean", "lo", "hi"), _ci(diff, rng), strict=True)),
+            "best_meta_minus_best_baseline": dict(
+                zip(("mean", "lo", "hi"), bootstrap_ci(diff, rng), strict=True)
+            ),
             "hardest3_gap_mean_over_runs": float(np.mean(hard_gap)),
             "units": len(diff),
         }

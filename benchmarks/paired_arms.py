@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from few_shot_quality import METRIC  # noqa: E402  (benchmarks/ is on sys.path)
+from few_shot_quality import METRIC, bootstrap_ci  # noqa: E402  (benchmarks/ is on sys.path)
 
 
 def unit_diffs(base: dict, arm: dict, method: str, shot: str) -> np.ndarray:
@@ -57,11 +57,9 @@ def compare(bases: list[Path], arms: list[Path], method: str) -> str:
             ]
         )
         per_pair = [unit_diffs(b, a, method, shot) for b, a in zip(*reports, strict=True)]
-        diff = np.concatenate(per_pair)
-        draws = rng.choice(diff, size=(4000, len(diff)), replace=True).mean(axis=1)
-        lo, hi = np.percentile(draws, [2.5, 97.5])
+        mean, lo, hi = bootstrap_ci(np.concatenate(per_pair), rng)
         pairs = " / ".join(f"{100 * d.mean():+.1f}" for d in per_pair)
-        test = f"{100 * diff.mean():+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+        test = f"{100 * mean:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
         lines.append(f"| {shot} | {100 * val:+.1f} | {test} | {pairs} |")
     return "\n".join(lines) + "\n"
 

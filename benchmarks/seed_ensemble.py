@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from few_shot_quality import markdown, pool  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
+from few_shot_quality import bootstrap_ci, markdown, pool  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
 
 from metashield._atomic import atomic_write_json, atomic_write_text  # noqa: E402
 from metashield.device import resolve_device  # noqa: E402
@@ -113,12 +113,7 @@ def paired_gain(reports: list[dict], name: str, single: str) -> dict:
                 for fam, row in rep["shots"][shot]["summary"][name]["per_family"].items()
             ]
         )
-        draws = rng.choice(diff, size=(4000, len(diff)), replace=True).mean(axis=1)
-        out[shot] = {
-            "mean": float(diff.mean()),
-            "lo": float(np.percentile(draws, 2.5)),
-            "hi": float(np.percentile(draws, 97.5)),
-        }
+        out[shot] = dict(zip(("mean", "lo", "hi"), bootstrap_ci(diff, rng), strict=True))
     return out
 
 

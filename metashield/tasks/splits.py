@@ -111,7 +111,7 @@ def split_families(
     train_out = sorted(known - set(test_out) - set(val_out))
     if not train_out:
         raise ValueError(f"no family left for training (val={sorted(val_out)}, test={sorted(test_out)})")
-    return FamilySplit(train=sorted(train_out), val=sorted(val_out), test=sorted(test_out))
+    return FamilySplit(train=train_out, val=sorted(val_out), test=sorted(test_out))
 
 
 def drop_conflicting_rows(X: np.ndarray | pd.DataFrame, family: np.ndarray) -> tuple[np.ndarray, int]:
