@@ -211,6 +211,9 @@ class TrainConfig(_Strict):
     (``tasks.augment.interpolate_tasks``, λ ~ Beta(0.5, 0.5)); 0 turns it off."""
     benign_queries: int | None = Field(None, ge=1)
     """Benign query rows per meta-training task (default: ``queries``, as for the attack class)."""
+    ema_decay: float | None = Field(None, gt=0, lt=1)
+    """Polyak averaging: meta-val scores, and the best checkpoint keeps, an exponential moving average of the
+    meta-parameters, ``avg ← d·avg + (1 − d)·θ`` after every meta-update (null: the live parameters)."""
     query_loss: Literal["ce", "tail"] = "ce"
     """Meta-training query objective: the learner's mean cross-entropy, or ``tail``
     (``meta.objectives.tail_cross_entropy``: the attack queries and the ``queries`` benign queries scored

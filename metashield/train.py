@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,6 +77,20 @@ def _restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tens
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
+@contextmanager
+def _weights(learner: nn.Module, weights: dict[str, torch.Tensor] | None) -> Iterator[None]:
+    """Run the block with ``weights`` (a state-dict subset) loaded into ``learner``, then restore its own."""
+    if weights is None:
+        yield
+        return
+    live = {k: v.detach().clone() for k, v in learner.state_dict().items() if k in weights}
+    learner.load_state_dict(weights, strict=False)
+    try:
+        yield
+    finally:
+        learner.load_state_dict(live, strict=False)
+
+
 def meta_train(
     learner: nn.Module,
     algorithm: str,
@@ -100,18 +115,27 @@ def meta_train(
     uninterrupted run would on CPU. ``transform`` rewrites each sampled batch (poisoning for an attack study,
     task interpolation); it draws from the same checkpointed episode stream, so such runs resume bit for bit
     too. ``query_loss(logits [T, Q, C], query_y [T, Q]) -> scalar`` replaces the learner's ``outer_loss``
-    (e.g. ``meta.objectives.tail_cross_entropy``); the meta-gradient flows through ``adapt``.
+    (e.g. ``meta.objectives.tail_cross_entropy``); the meta-gradient flows through ``adapt``. With
+    ``train.ema_decay`` the moving average of the weights is what meta-val scores and the best checkpoint
+    keeps; training itself follows the live weights, which the ``last`` checkpoint holds beside the average.
     """
     meta = meta.for_algorithm(algorithm)
     rng = np.random.default_rng([seed, 1])
     opt = None if algorithm == "reptile" else torch.optim.Adam(learner.parameters(), lr=meta.outer_lr)
     state = TrainState()
     last = f"{algorithm}.last"
+    average = (
+        None
+        if train.ema_decay is None
+        else {k: v.detach().clone() for k, v in learner.state_dict().items() if v.is_floating_point()}
+    )
     if resume and has_checkpoint(out_dir, last):
         tensors, saved = load_checkpoint(out_dir, last)
         learner.load_state_dict(
             {k[len("learner.") :]: v for k, v in tensors.items() if k.startswith("learner.")}
         )
+        if average is not None:
+            average = {k: tensors[f"average.{k}"].to(v.device) for k, v in average.items()}
         if opt is not None:
             _restore_optimizer(opt, tensors, saved["optimizer"])
         torch.set_rng_state(tensors["torch_rng"])
@@ -123,6 +147,8 @@ def meta_train(
 
     def checkpoint() -> None:
         tensors = {f"learner.{k}": v for k, v in learner.state_dict().items()}
+        if average is not None:
+            tensors.update({f"average.{k}": v for k, v in average.items()})
         opt_meta = None
         if opt is not None:
             opt_tensors, opt_meta = _optimizer_tensors(opt)
@@ -161,6 +187,11 @@ def meta_train(
             opt.step()
             loss_sum += float(loss.detach())
             loss_n += 1
+        if average is not None:
+            with torch.no_grad():
+                live = learner.state_dict()
+                for k, v in average.items():
+                    v.lerp_(live[k], 1 - train.ema_decay)
         state.step += 1
         bar.update(1)
         if state.step % train.eval_every == 0 or state.step == train.steps:
@@ -172,7 +203,15 @@ def meta_train(
                     f"The last good checkpoint is {out_dir / last}.*"
                 )
             learner.eval()
-            score = float(val_score(learner))
+            with _weights(learner, average):
+                score = float(val_score(learner))
+                if score > state.best_score:
+                    save_checkpoint(
+                        out_dir,
+                        algorithm,
+                        dict(learner.state_dict()),
+                        {**metadata, "algorithm": algorithm, "step": state.step, "val_tpr@1%fpr": score},
+                    )
             record = {"step": state.step, "val_tpr@1%fpr": score}
             if loss_n:
                 record["meta_loss"] = loss_sum / loss_n
@@ -180,12 +219,6 @@ def meta_train(
             state.history.append(record)
             if score > state.best_score:
                 state.best_score, state.bad_evals = score, 0
-                save_checkpoint(
-                    out_dir,
-                    algorithm,
-                    dict(learner.state_dict()),
-                    {**metadata, "algorithm": algorithm, "step": state.step, "val_tpr@1%fpr": score},
-                )
             else:
                 state.bad_evals += 1
             bar.set_postfix(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from metashield.checkpoint import load_checkpoint
@@ -114,3 +115,76 @@ def test_a_query_loss_replaces_the_learners_outer_loss(tmp_path):
     for k, v in plain.items():
         torch.testing.assert_close(same[k], v, rtol=0, atol=1e-9)
     assert any(not torch.allclose(tail[k], v) for k, v in plain.items())
+
+
+def _train_metasgd(out_dir, steps, val_score, ema_decay=None, resume=False):
+    torch.manual_seed(0)
+    learner = build_learner("metasgd", MLP(4, [8], 2).double(), MetaConfig(inner_lr=0.1))
+    meta_train(
+        learner,
+        "metasgd",
+        _sampler(),
+        val_score,
+        TrainConfig(steps=steps, eval_every=3, patience=10, tasks_per_batch=2, ema_decay=ema_decay),
+        MetaConfig(inner_lr=0.1),
+        out_dir=out_dir,
+        seed=0,
+        device=torch.device("cpu"),
+        metadata={},
+        progress=False,
+        resume=resume,
+    )
+    return learner
+
+
+def test_ema_checkpoint_is_the_moving_average_of_the_trajectory(tmp_path):
+    """With ``ema_decay`` d the best checkpoint after 3 updates is d³θ0 + d²(1−d)θ1 + d(1−d)θ2 + (1−d)θ3,
+    where θk are the live weights after k updates (taken from plain runs of k steps), and the live weights
+    train exactly as without averaging."""
+    d = 0.6
+    thetas = [
+        {k: v.clone() for k, v in _train_metasgd(tmp_path / f"k{k}", k, lambda _: 1.0).state_dict().items()}
+        for k in (1, 2, 3)
+    ]
+    torch.manual_seed(0)
+    theta0 = build_learner("metasgd", MLP(4, [8], 2).double(), MetaConfig(inner_lr=0.1)).state_dict()
+    averaged = _train_metasgd(tmp_path / "ema", 3, lambda _: 1.0, ema_decay=d)
+    best, _ = load_checkpoint(tmp_path / "ema", "metasgd")
+    for k, v in averaged.state_dict().items():
+        torch.testing.assert_close(v, thetas[2][k], rtol=0, atol=0)
+        expected = d**3 * theta0[k] + d**2 * (1 - d) * thetas[0][k] + d * (1 - d) * thetas[1][k]
+        expected = expected + (1 - d) * thetas[2][k]
+        torch.testing.assert_close(best[k], expected, rtol=0, atol=1e-12)
+        assert not torch.allclose(best[k], v)
+
+
+def test_ema_run_resumes_bit_for_bit(tmp_path):
+    """A run killed after its first checkpoint (step 3) and resumed ends with the same live weights, moving
+    average and best checkpoint as an uninterrupted one."""
+    scores = {3: 0.5, 6: 0.7, 9: 0.6}
+    seen = []
+
+    def val_score(learner):
+        seen.append(1)
+        return scores[3 * len(seen)]
+
+    full = _train_metasgd(tmp_path / "full", 9, val_score, ema_decay=0.9).state_dict()
+
+    def killed(learner):
+        if seen:
+            raise KeyboardInterrupt
+        seen.append(1)
+        return scores[3]
+
+    seen.clear()
+    with pytest.raises(KeyboardInterrupt):
+        _train_metasgd(tmp_path / "part", 9, killed, ema_decay=0.9)
+    resumed = _train_metasgd(tmp_path / "part", 9, val_score, ema_decay=0.9, resume=True).state_dict()
+    for name in ("metasgd", "metasgd.last"):
+        a, _ = load_checkpoint(tmp_path / "full", name)
+        b, _ = load_checkpoint(tmp_path / "part", name)
+        assert sorted(a) == sorted(b)
+        for k in a:
+            assert torch.equal(a[k], b[k]), (name, k)
+    for k, v in full.items():
+        assert torch.equal(resumed[k], v)
