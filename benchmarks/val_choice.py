@@ -42,8 +42,9 @@ def _val(report: dict, method: str, shot: str) -> float:
     return report["shots"][shot]["val_tpr@1%fpr"][method]
 
 
-def _ci_text(values: np.ndarray, rng: np.random.Generator) -> str:
-    mean, lo, hi = bootstrap_ci(values, rng)
+def _ci_text(values: np.ndarray) -> str:
+    # A fresh generator per interval, so a figure does not depend on which others the options print.
+    mean, lo, hi = bootstrap_ci(values, np.random.default_rng(0))
     return f"{100 * mean:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
 
 
@@ -63,7 +64,6 @@ def choose(bases: list[Path], arms: list[list[Path]], method: str, against: list
     names = ["base"] + [runs[0].name.rsplit("_split", 1)[0] for runs in arms]
     candidates = [[_load(run) for run in runs] for runs in [bases, *arms]]
     full = [_load(run) for run in against] if against is not None else None
-    rng = np.random.default_rng(0)
     lines = [
         f"{method}: setting chosen per split and shot on meta-val among {', '.join(names)}; "
         "TPR@1%FPR points, test paired per (split, family) unit, 95% bootstrap CI",
@@ -80,7 +80,7 @@ def choose(bases: list[Path], arms: list[list[Path]], method: str, against: list
             [unit_diffs(candidates[0][s], candidates[c][s], method, shot) for s, c in enumerate(picks)]
         )
         chosen_names = " / ".join(names[c] for c in picks)
-        row = f"| {shot} | {chosen_names} | {100 * val_gain:+.1f} | {_ci_text(test, rng)} |"
+        row = f"| {shot} | {chosen_names} | {100 * val_gain:+.1f} | {_ci_text(test)} |"
         if full:
             chosen = np.concatenate(
                 [_against_best_baseline(full[s], candidates[c][s], method, shot) for s, c in enumerate(picks)]
@@ -88,7 +88,7 @@ def choose(bases: list[Path], arms: list[list[Path]], method: str, against: list
             base = np.concatenate(
                 [_against_best_baseline(full[s], candidates[0][s], method, shot) for s in range(splits)]
             )
-            row += f" {_ci_text(chosen, rng)} | {_ci_text(base, rng)} |"
+            row += f" {_ci_text(chosen)} | {_ci_text(base)} |"
         lines.append(row)
     return "\n".join(lines) + "\n"
 
