@@ -23,6 +23,37 @@ def _sampler() -> EpisodeSampler:
     return EpisodeSampler(X, family, ["a", "b"], np.arange(200), shots=3, queries=4)
 
 
+def _run(algorithm, out_dir, train, val_score=lambda _: 0.5, *, double=False, **kwargs):
+    """meta_train ``algorithm`` on ``_sampler()`` from a seeded MLP(4, [8], 2); returns (learner, state)."""
+    torch.manual_seed(0)
+    model = MLP(4, [8], 2)
+    learner = build_learner(algorithm, model.double() if double else model, MetaConfig(inner_lr=0.1))
+    state = meta_train(
+        learner,
+        algorithm,
+        _sampler(),
+        val_score,
+        train,
+        MetaConfig(inner_lr=0.1),
+        out_dir=out_dir,
+        seed=0,
+        device=torch.device("cpu"),
+        metadata={},
+        progress=False,
+        **kwargs,
+    )
+    return learner, state
+
+
+def _train_metasgd(out_dir, steps=6, val_score=lambda _: 0.5, *, resume=False, query_loss=None, **train):
+    """Meta-SGD in float64, meta-val every 3 steps; ``train`` adds TrainConfig keys."""
+    config = TrainConfig(steps=steps, eval_every=3, patience=10, tasks_per_batch=2, **train)
+    learner, _ = _run(
+        "metasgd", out_dir, config, val_score, double=True, resume=resume, query_loss=query_loss
+    )
+    return learner
+
+
 def test_early_stopping_keeps_the_best_weights(tmp_path):
     scores = iter([0.5, 0.9, 0.8, 0.7, 0.6, 0.95])
     seen = []
@@ -31,22 +62,8 @@ def test_early_stopping_keeps_the_best_weights(tmp_path):
         seen.append({k: v.clone() for k, v in learner.state_dict().items()})
         return next(scores)
 
-    torch.manual_seed(0)
-    learner = build_learner("maml", MLP(4, [8], 2), MetaConfig(inner_lr=0.1))
     train = TrainConfig(steps=60, eval_every=5, patience=3, tasks_per_batch=2)
-    state = meta_train(
-        learner,
-        "maml",
-        _sampler(),
-        val_score,
-        train,
-        MetaConfig(inner_lr=0.1),
-        out_dir=tmp_path,
-        seed=0,
-        device=torch.device("cpu"),
-        metadata={},
-        progress=False,
-    )
+    _, state = _run("maml", tmp_path, train, val_score)
     # Best at the 2nd evaluation (step 10), then 3 worse ones: stop at step 25, never reaching the 0.95.
     assert state.step == 25 and state.finished and state.best_score == 0.9
     best, meta = load_checkpoint(tmp_path, "maml")
@@ -61,21 +78,10 @@ def test_early_stopping_keeps_the_best_weights(tmp_path):
 
 def test_reptile_trains_without_an_optimizer(tmp_path):
     torch.manual_seed(0)
-    learner = build_learner("reptile", MLP(4, [8], 2), MetaConfig(inner_lr=0.1))
-    before = [p.clone() for p in learner.parameters()]
-    state = meta_train(
-        learner,
-        "reptile",
-        _sampler(),
-        lambda _: 0.5,
-        TrainConfig(steps=4, eval_every=2, tasks_per_batch=2),
-        MetaConfig(inner_lr=0.1),
-        out_dir=tmp_path,
-        seed=0,
-        device=torch.device("cpu"),
-        metadata={},
-        progress=False,
-    )
+    before = [
+        p.clone() for p in build_learner("reptile", MLP(4, [8], 2), MetaConfig(inner_lr=0.1)).parameters()
+    ]
+    learner, state = _run("reptile", tmp_path, TrainConfig(steps=4, eval_every=2, tasks_per_batch=2))
     assert state.step == 4
     assert any(not torch.equal(a, b) for a, b in zip(before, learner.parameters(), strict=True))
     _, meta = load_checkpoint(tmp_path, "reptile.last")
@@ -91,23 +97,7 @@ def test_a_query_loss_replaces_the_learners_outer_loss(tmp_path):
     from metashield.meta.objectives import tail_cross_entropy
 
     def train(query_loss, out):
-        torch.manual_seed(0)
-        learner = build_learner("metasgd", MLP(4, [8], 2).double(), MetaConfig(inner_lr=0.1))
-        meta_train(
-            learner,
-            "metasgd",
-            _sampler(),
-            lambda _: 0.5,
-            TrainConfig(steps=6, eval_every=3, tasks_per_batch=2),
-            MetaConfig(inner_lr=0.1),
-            out_dir=tmp_path / out,
-            seed=0,
-            device=torch.device("cpu"),
-            metadata={},
-            progress=False,
-            query_loss=query_loss,
-        )
-        return learner.state_dict()
+        return _train_metasgd(tmp_path / out, query_loss=query_loss).state_dict()
 
     plain = train(None, "plain")
     same = train(partial(tail_cross_entropy, hard=4), "all")
@@ -115,26 +105,6 @@ def test_a_query_loss_replaces_the_learners_outer_loss(tmp_path):
     for k, v in plain.items():
         torch.testing.assert_close(same[k], v, rtol=0, atol=1e-9)
     assert any(not torch.allclose(tail[k], v) for k, v in plain.items())
-
-
-def _train_metasgd(out_dir, steps, val_score, ema_decay=None, resume=False):
-    torch.manual_seed(0)
-    learner = build_learner("metasgd", MLP(4, [8], 2).double(), MetaConfig(inner_lr=0.1))
-    meta_train(
-        learner,
-        "metasgd",
-        _sampler(),
-        val_score,
-        TrainConfig(steps=steps, eval_every=3, patience=10, tasks_per_batch=2, ema_decay=ema_decay),
-        MetaConfig(inner_lr=0.1),
-        out_dir=out_dir,
-        seed=0,
-        device=torch.device("cpu"),
-        metadata={},
-        progress=False,
-        resume=resume,
-    )
-    return learner
 
 
 def test_ema_checkpoint_is_the_moving_average_of_the_trajectory(tmp_path):
