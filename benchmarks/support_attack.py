@@ -15,19 +15,26 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
 
 import numpy as np
 
-from metashield._atomic import atomic_write_json, atomic_write_text
-from metashield.robustness import attack_run
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from few_shot_quality import bootstrap_ci  # noqa: E402  (benchmarks/ is on sys.path)
+
+from metashield._atomic import atomic_write_json, atomic_write_text  # noqa: E402
+from metashield.robustness import attack_run  # noqa: E402
 
 KEYS = ("clean", "random_flip", "attacked")
 
 
-def _ci(values: np.ndarray, rng: np.random.Generator, n_boot: int = 4000) -> list[float]:
-    draws = rng.choice(values, size=(n_boot, len(values)), replace=True).mean(axis=1)
-    return [float(values.mean()), float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))]
+def _ci(values: np.ndarray, rng: np.random.Generator) -> list[float]:
+    """``bootstrap_ci`` as a JSON list: [mean, 2.5th, 97.5th percentile]."""
+    return list(bootstrap_ci(values, rng))
 
 
 def pool(reports: list[dict], method: str) -> dict:
