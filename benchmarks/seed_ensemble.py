@@ -66,39 +66,49 @@ def ensemble_split(runs: list[Path], algorithm: str, name: str) -> list[dict]:
         for r, (config, _, meta) in zip(runs, loaded, strict=True)
     ]
     ensemble = ensemble_scorer([learner_scorer(m) for m in learners])
-    out = []
-    for r, (config, prep, _), learner in zip(runs, loaded, learners, strict=True):
-        report = json.loads((r / "metrics.json").read_text(encoding="utf-8"))
-        ec = config.evaluate
-        for shot, entry in report["shots"].items():
-            k = int(shot)
-            val = run_protocol({name: ensemble}, tuning_episode_sets(config, prep, k, device))[name]
-            entry["val_tpr@1%fpr"][name] = mean_metric(val)
-            n_episodes = report["protocol"]["episodes_per_family"]
-            test_sets = held_out_episode_sets(config, prep, k, n_episodes, device)
-            methods = {name: ensemble, algorithm: learner_scorer(learner)}
-            per_episode = run_protocol(methods, test_sets, seed=config.seed, base_rate=ec.base_rate)
-            single = summarise_method(per_episode[algorithm], seed=config.seed)["per_family"]
-            recorded = entry["summary"][algorithm]["per_family"]
-            for fam, row in recorded.items():
-                if abs(single[fam][METRIC] - row[METRIC]) > 1e-9:
-                    raise SystemExit(
-                        f"{r}: {k}-shot {algorithm} on {fam} gives {single[fam][METRIC]:.6f}, metrics.json "
-                        f"says {row[METRIC]:.6f}: these are not the episodes `metashield evaluate` used"
-                    )
-            entry["summary"][name] = summarise_method(per_episode[name], seed=config.seed)
-            candidates = [*config.train.algorithms, name]
-            entry["best_meta_learner"] = max(candidates, key=lambda a: entry["val_tpr@1%fpr"][a])
-            print(
-                f"{r.name} {k}-shot: {name} val {100 * entry['val_tpr@1%fpr'][name]:.1f} "
-                f"(single {100 * entry['val_tpr@1%fpr'][algorithm]:.1f}), test "
-                f"{100 * entry['summary'][name][METRIC]['mean']:.1f} "
-                f"(single {100 * entry['summary'][algorithm][METRIC]['mean']:.1f}); "
-                f"best meta on val: {entry['best_meta_learner']}",
-                flush=True,
-            )
-        out.append(report)
-    return out
+    return [
+        add_candidate(r, config, prep, ensemble, name, algorithm, learner_scorer(learner), device)
+        for r, (config, prep, _), learner in zip(runs, loaded, learners, strict=True)
+    ]
+
+
+def add_candidate(
+    run: Path, config, prep, scorer: Scorer, name: str, reference: str, reference_scorer: Scorer, device
+) -> dict:
+    """``metrics.json`` of ``run`` with ``scorer`` scored as meta-learner ``name`` on the run's meta-val and
+    meta-test episodes and made a candidate for its val-chosen best meta-learner. ``reference`` (a method
+    of the run, scored by ``reference_scorer``) must reproduce its recorded per-family figures: the check
+    that these are the episodes ``metashield evaluate`` used."""
+    report = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    ec = config.evaluate
+    for shot, entry in report["shots"].items():
+        k = int(shot)
+        val = run_protocol({name: scorer}, tuning_episode_sets(config, prep, k, device))[name]
+        entry["val_tpr@1%fpr"][name] = mean_metric(val)
+        n_episodes = report["protocol"]["episodes_per_family"]
+        test_sets = held_out_episode_sets(config, prep, k, n_episodes, device)
+        methods = {name: scorer, reference: reference_scorer}
+        per_episode = run_protocol(methods, test_sets, seed=config.seed, base_rate=ec.base_rate)
+        single = summarise_method(per_episode[reference], seed=config.seed)["per_family"]
+        recorded = entry["summary"][reference]["per_family"]
+        for fam, row in recorded.items():
+            if abs(single[fam][METRIC] - row[METRIC]) > 1e-9:
+                raise SystemExit(
+                    f"{run}: {k}-shot {reference} on {fam} gives {single[fam][METRIC]:.6f}, metrics.json "
+                    f"says {row[METRIC]:.6f}: these are not the episodes `metashield evaluate` used"
+                )
+        entry["summary"][name] = summarise_method(per_episode[name], seed=config.seed)
+        candidates = [*config.train.algorithms, name]
+        entry["best_meta_learner"] = max(candidates, key=lambda a: entry["val_tpr@1%fpr"][a])
+        print(
+            f"{run.name} {k}-shot: {name} val {100 * entry['val_tpr@1%fpr'][name]:.1f} "
+            f"({reference} {100 * entry['val_tpr@1%fpr'][reference]:.1f}), test "
+            f"{100 * entry['summary'][name][METRIC]['mean']:.1f} "
+            f"({reference} {100 * entry['summary'][reference][METRIC]['mean']:.1f}); "
+            f"best meta on val: {entry['best_meta_learner']}",
+            flush=True,
+        )
+    return report
 
 
 def paired_gain(reports: list[dict], name: str, single: str) -> dict:
