@@ -26,10 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from few_shot_quality import markdown, pool  # noqa: E402  (benchmarks/ is on sys.path)
-from seed_ensemble import add_candidate, ensemble_scorer, paired_gain  # noqa: E402
+from seed_ensemble import add_candidate, ensemble_scorer, write_report  # noqa: E402  (benchmarks/ on sys.path)
 
-from metashield._atomic import atomic_write_json, atomic_write_text  # noqa: E402
 from metashield.device import resolve_device  # noqa: E402
 from metashield.evaluation.baselines import learner_scorer  # noqa: E402
 from metashield.runs import load_model, load_run  # noqa: E402
@@ -68,25 +66,12 @@ def main() -> None:
         split, seed = run.name.removeprefix("split").split("_seed")
         report["protocol"]["split_seed"], report["protocol"]["train_seed"] = int(split), int(seed)
         reports.append(report)
-    pooled = pool(reports)
     args.splits = ",".join(sorted({r.name.split("_")[0].removeprefix("split") for r in runs}))
     args.seeds = ",".join(sorted({r.name.split("_seed")[1] for r in runs}))
-    text = markdown(pooled, reports, args)
-    gain = paired_gain(reports, name, algorithms[0])
-    text += f"\n{name}: mean logit margin of the run's own {', '.join(algorithms)}; "
-    minutes = (time.time() - started) / 60
-    text += f"{minutes:.1f} min\n\n{name} − {algorithms[0]} (paired per run and family): "
-    text += ", ".join(
-        f"{s}-shot {100 * g['mean']:+.1f} [{100 * g['lo']:+.1f}, {100 * g['hi']:+.1f}]"
-        for s, g in gain.items()
+    what = f"mean logit margin of the run's own {', '.join(algorithms)}"
+    write_report(
+        args, reports, name, algorithms[0], what, started, "algorithm_ensemble", "ensemble_minus_first"
     )
-    text += "\n"
-    print(text)
-    atomic_write_json(
-        args.runs / "algorithm_ensemble.json",
-        {"pooled": pooled, "ensemble": name, "ensemble_minus_first": gain, "reports": reports},
-    )
-    atomic_write_text(args.runs / "algorithm_ensemble.md", text)
 
 
 if __name__ == "__main__":

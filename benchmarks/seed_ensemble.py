@@ -147,14 +147,28 @@ def main() -> None:
         for rep, seed in zip(ensemble_split(runs, args.algorithm, name), seeds, strict=True):
             rep["protocol"]["split_seed"], rep["protocol"]["train_seed"] = split, seed
             reports.append(rep)
-    pooled = pool(reports)
     args.seeds = ",".join(map(str, seeds))
+    what = f"mean logit margin of {args.algorithm} trained with seeds {args.seeds}"
+    write_report(args, reports, name, args.algorithm, what, started, "seed_ensemble", "ensemble_minus_single")
+
+
+def write_report(
+    args: argparse.Namespace,
+    reports: list[dict],
+    name: str,
+    single: str,
+    what: str,
+    started: float,
+    stem: str,
+    gain_key: str,
+) -> None:
+    """Pool ``reports``, print the table with ``name`` − ``single``, write ``<stem>.json`` and ``.md`` under
+    ``args.runs``."""
+    pooled = pool(reports)
     text = markdown(pooled, reports, args)
-    gain = paired_gain(reports, name, args.algorithm)
-    text += f"\n{name}: mean logit margin of {args.algorithm} trained with seeds {args.seeds}; "
-    text += (
-        f"{(time.time() - started) / 60:.1f} min\n\n{name} − {args.algorithm} (paired per run and family): "
-    )
+    gain = paired_gain(reports, name, single)
+    minutes = (time.time() - started) / 60
+    text += f"\n{name}: {what}; {minutes:.1f} min\n\n{name} − {single} (paired per run and family): "
     text += ", ".join(
         f"{s}-shot {100 * g['mean']:+.1f} [{100 * g['lo']:+.1f}, {100 * g['hi']:+.1f}]"
         for s, g in gain.items()
@@ -162,10 +176,9 @@ def main() -> None:
     text += "\n"
     print(text)
     atomic_write_json(
-        args.runs / "seed_ensemble.json",
-        {"pooled": pooled, "ensemble": name, "ensemble_minus_single": gain, "reports": reports},
+        args.runs / f"{stem}.json", {"pooled": pooled, "ensemble": name, gain_key: gain, "reports": reports}
     )
-    atomic_write_text(args.runs / "seed_ensemble.md", text)
+    atomic_write_text(args.runs / f"{stem}.md", text)
 
 
 if __name__ == "__main__":
