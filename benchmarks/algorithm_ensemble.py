@@ -5,7 +5,8 @@
 Every run of ``benchmarks/few_shot_quality.py`` meta-trains all six meta-learners on the same data, so an
 ensemble of some of them costs no further training, only their adaptations at test time. For each finished
 run under ``--runs`` the ensemble adapts every member on the support set and averages their logit margins
-(the members must all be classifiers on the same logit scale; ``seed_ensemble.ensemble_scorer``). It is
+(the members must all be classifiers on the same logit scale; ``evaluation.baselines.ensemble_scorer``,
+which ``metashield evaluate`` uses for ``evaluate.ensemble``). It is
 scored on the run's own meta-val and meta-test episodes, joins the run's meta-learners as one more
 candidate for the val-chosen best meta-learner, and the pooled table is recomputed with
 ``few_shot_quality.pool``. The first member is rescored beside it and must reproduce ``metrics.json``.
@@ -26,10 +27,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from seed_ensemble import add_candidate, ensemble_scorer, write_report  # noqa: E402  (benchmarks/ on sys.path)
+from seed_ensemble import add_candidate, write_report  # noqa: E402  (benchmarks/ is on sys.path)
 
 from metashield.device import resolve_device  # noqa: E402
-from metashield.evaluation.baselines import learner_scorer  # noqa: E402
+from metashield.evaluation.baselines import ensemble_scorer, learner_scorer  # noqa: E402
 from metashield.runs import load_model, load_run  # noqa: E402
 
 

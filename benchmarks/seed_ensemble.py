@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -35,21 +34,12 @@ from few_shot_quality import bootstrap_ci, markdown, pool  # noqa: E402  (benchm
 
 from metashield._atomic import atomic_write_json, atomic_write_text  # noqa: E402
 from metashield.device import resolve_device  # noqa: E402
-from metashield.evaluation.baselines import Scorer, learner_scorer  # noqa: E402
+from metashield.evaluation.baselines import Scorer, ensemble_scorer, learner_scorer  # noqa: E402
 from metashield.evaluation.protocol import mean_metric, run_protocol  # noqa: E402
 from metashield.evaluation.report import summarise_method  # noqa: E402
 from metashield.runs import held_out_episode_sets, load_model, load_run, tuning_episode_sets  # noqa: E402
 
 METRIC = "tpr@1%fpr"
-
-
-def ensemble_scorer(members: list[Scorer]) -> Scorer:
-    """Mean of the members' scores [E, M]: each adapts on the same support set."""
-
-    def score(sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor) -> np.ndarray:
-        return np.mean([m(sx, sy, qx) for m in members], axis=0)
-
-    return score
 
 
 def ensemble_split(runs: list[Path], algorithm: str, name: str) -> list[dict]:

@@ -112,6 +112,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         shots=args.shots,
         episodes_per_family=args.episodes,
         baselines=args.baselines,
+        ensemble=args.ensemble,
         out_name=args.out_name,
     )
     print(report["table"])
@@ -294,6 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_csv_baselines,
         help=f"comma-separated baselines to tune and score, of {', '.join(BASELINES)} "
         "(default: the run config's evaluate.baselines)",
+    )
+    ev.add_argument(
+        "--ensemble",
+        type=lambda t: [v.strip() for v in t.split(",") if v.strip()],
+        help="comma-separated meta-learners of the run whose logit margins are averaged into one more "
+        "candidate, `ensemble`, e.g. metasgd,maml,fomaml (default: the run config's evaluate.ensemble)",
     )
     ev.add_argument(
         "--out-name",

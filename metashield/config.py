@@ -275,6 +275,20 @@ class EvaluateConfig(_Strict):
     """Inverse L2 strengths searched for logistic regression (with and without replay)."""
     replay_rows: int = Field(1000, ge=1)
     """``logreg-replay``: benign rows from the benign TRAINING slice added to every support set."""
+    ensemble: list[Algorithm] = Field(default_factory=list)
+    """Meta-learners of the run whose adapted logit margins are averaged into one more meta-learner,
+    ``ensemble``, a candidate for the val-chosen best meta-learner (empty: none)."""
+
+    @model_validator(mode="after")
+    def _check(self) -> EvaluateConfig:
+        if self.ensemble and (len(self.ensemble) < 2 or len(set(self.ensemble)) != len(self.ensemble)):
+            raise ValueError(f"evaluate.ensemble: two or more distinct meta-learners, got {self.ensemble}")
+        if "protonet" in self.ensemble:
+            raise ValueError(
+                "evaluate.ensemble: protonet's logits are negative squared distances, on another scale than "
+                "the other meta-learners' margins; leave it out"
+            )
+        return self
 
 
 class Config(_Strict):
@@ -286,6 +300,13 @@ class Config(_Strict):
     meta: MetaConfig = Field(default_factory=MetaConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> Config:
+        extra = [a for a in self.evaluate.ensemble if a not in self.train.algorithms]
+        if extra:
+            raise ValueError(f"evaluate.ensemble: {extra} not in train.algorithms {self.train.algorithms}")
+        return self
 
 
 def _set_key(tree: dict[str, Any], dotted: str, value: Any) -> None:

@@ -14,12 +14,13 @@ from metashield._atomic import atomic_write_json, check_file_name
 from metashield.attacks.constraints import compile_constraints
 from metashield.attacks.poisoning import backdoor, flip_labels, make_trigger, poison_batch
 from metashield.checkpoint import has_checkpoint, save_checkpoint
-from metashield.config import Config, EvaluateConfig
+from metashield.config import Config, EvaluateConfig, config_from_dict
 from metashield.data import BENIGN
 from metashield.device import resolve_device
 from metashield.evaluation.baselines import (
     Scorer,
     benign_replay,
+    ensemble_scorer,
     finetune_scorer,
     knn_scorer,
     learner_scorer,
@@ -51,6 +52,9 @@ from metashield.tasks.augment import interpolate_tasks
 from metashield.train import build_learner, meta_train
 
 log = logging.getLogger(__name__)
+
+ENSEMBLE = "ensemble"
+"""Method name of the ``evaluate.ensemble`` candidate in ``metrics.json``."""
 
 
 def baseline_grids(ec: EvaluateConfig) -> dict[str, list[dict]]:
@@ -256,19 +260,21 @@ def evaluate_run(
     episodes_per_family: int | None = None,
     out_name: str = "metrics.json",
     baselines: list[str] | None = None,
+    ensemble: list[str] | None = None,
 ) -> dict:
     """Tune on meta-val, then score every method on identical meta-test episodes; writes ``metrics.json``.
 
-    baselines: the baselines to tune and score instead of the run config's ``evaluate.baselines`` (e.g. one
-    added after the run was trained).
+    baselines, ensemble: replace the run config's ``evaluate.baselines`` (e.g. one added after the run was
+    trained) and ``evaluate.ensemble`` (the meta-learners averaged into the ``ensemble`` candidate).
     """
     run_dir = Path(run_dir)
     check_file_name(out_name, "out_name")
     config, prep, meta = load_run(run_dir)
-    if baselines is not None:
-        # Validated by the config model, so a name a config file could not hold is refused here too.
-        evaluate = EvaluateConfig.model_validate({**config.evaluate.model_dump(), "baselines": baselines})
-        config = config.model_copy(update={"evaluate": evaluate})
+    changes = {k: v for k, v in (("baselines", baselines), ("ensemble", ensemble)) if v is not None}
+    if changes:
+        # Validated by the config model, so a value a config file could not hold is refused here too.
+        tree = {**config.model_dump(), "evaluate": {**config.evaluate.model_dump(), **changes}}
+        config = config_from_dict(tree, source=f"{run_dir} with evaluate options {changes}")
     ec = config.evaluate
     shots = shots or ec.shots
     n_episodes = episodes_per_family or ec.episodes_per_family
@@ -300,6 +306,7 @@ def evaluate_run(
             "test_families": prep.split.test,
             "val_families": prep.split.val,
             "selection": "every hyper-parameter and the best methods are chosen on meta-val families only",
+            "ensemble": list(ec.ensemble),
         },
         "shots": {},
     }
@@ -310,6 +317,11 @@ def evaluate_run(
         for a, learner in learners.items():
             methods[a] = learner_scorer(learner)
             val_scores[a] = mean_metric(run_protocol({"m": methods[a]}, val_sets)["m"])
+        meta_learners = list(learners)
+        if ec.ensemble:
+            methods[ENSEMBLE] = ensemble_scorer([methods[a] for a in ec.ensemble])
+            val_scores[ENSEMBLE] = mean_metric(run_protocol({"m": methods[ENSEMBLE]}, val_sets)["m"])
+            meta_learners.append(ENSEMBLE)
         for b in ec.baselines:
             params, score, trace = tune_baseline(
                 grids[b], lambda b=b, **p: make_baseline(b, p), val_sets, f"{k}-shot {b}"
@@ -317,7 +329,7 @@ def evaluate_run(
             tuned[b] = {"params": params, "val_tpr@1%fpr": score, "searched": trace}
             methods[b] = make_baseline(b, params)
             val_scores[b] = score
-        best_meta = max(learners, key=lambda a: val_scores[a])
+        best_meta = max(meta_learners, key=lambda a: val_scores[a])
         best_base = max(ec.baselines, key=lambda b: val_scores[b]) if ec.baselines else None
 
         test_sets = held_out_episode_sets(config, prep, k, n_episodes, device)

@@ -96,3 +96,17 @@ def test_train_shots_is_an_int_or_a_list_of_distinct_shot_counts():
     for bad in ("[]", "[5, 5]", "[0, 5]", "0"):
         with pytest.raises(ConfigError, match="train.shots"):
             load_config(None, [f"train.shots={bad}"])
+
+
+def test_evaluate_ensemble_members_are_trained_distinct_logit_models():
+    assert load_config(None, ["evaluate.ensemble=[metasgd, maml]"]).evaluate.ensemble == ["metasgd", "maml"]
+    for value, message in (
+        ("[metasgd]", "two or more distinct"),
+        ("[metasgd, metasgd]", "two or more distinct"),
+        ("[metasgd, protonet]", "protonet"),
+        ("[metasgd, svm]", "evaluate.ensemble"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            load_config(None, [f"evaluate.ensemble={value}"])
+    with pytest.raises(ConfigError, match=r"evaluate.ensemble: \['fomaml'\] not in train.algorithms"):
+        load_config(None, ["train.algorithms=[maml, metasgd]", "evaluate.ensemble=[metasgd, fomaml]"])

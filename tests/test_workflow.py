@@ -294,6 +294,70 @@ def test_evaluate_scores_a_baseline_the_run_config_did_not_list(synthetic_run, t
     assert "baselines must be among" in capsys.readouterr().err
 
 
+def test_evaluate_ensemble_averages_the_named_meta_learners_and_competes_on_meta_val(synthetic_run, capsys):
+    """``evaluate --ensemble maml,metasgd``: the ``ensemble`` candidate's test figures are those of the two
+    adapted models' margins averaged by hand on the same episodes, it joins the val choice of the best
+    meta-learner, and bad member lists are refused naming the key."""
+    import numpy as np
+
+    from metashield.evaluation.report import summarise_method
+    from metashield.runs import held_out_episode_sets
+
+    run, full = synthetic_run
+    assert (
+        main(
+            [
+                "evaluate",
+                "--run",
+                str(run),
+                "--ensemble",
+                "maml,metasgd",
+                "--baselines",
+                "knn",
+                "--out-name",
+                "ens.json",
+            ]
+        )
+        == 0
+    )
+    report = json.loads((run / "ens.json").read_text())
+    entry = report["shots"]["5"]
+    assert report["protocol"]["ensemble"] == ["maml", "metasgd"]
+    candidates = ("maml", "fomaml", "metasgd", "reptile", "anil", "protonet", "ensemble")
+    assert entry["best_meta_learner"] == max(candidates, key=lambda a: entry["val_tpr@1%fpr"][a])
+    assert entry["summary"]["metasgd"] == full["shots"]["5"]["summary"]["metasgd"]
+
+    config, prep, meta = load_run(run)
+    maml, metasgd = (
+        learner_scorer(load_model(config, int(meta["in_dim"]), run, a, a)) for a in ("maml", "metasgd")
+    )
+
+    def by_hand(sx, sy, qx):
+        return (np.asarray(maml(sx, sy, qx)) + np.asarray(metasgd(sx, sy, qx))) / 2
+
+    test_sets = held_out_episode_sets(
+        config, prep, 5, config.evaluate.episodes_per_family, torch.device("cpu")
+    )
+    expected = summarise_method(
+        run_protocol({"e": by_hand}, test_sets, seed=config.seed)["e"], seed=config.seed
+    )
+    got = entry["summary"]["ensemble"]["per_family"]
+    assert got.keys() == expected["per_family"].keys()
+    for fam, row in expected["per_family"].items():
+        assert abs(got[fam]["tpr@1%fpr"] - row["tpr@1%fpr"]) < 1e-12, fam
+    assert entry["summary"]["ensemble"]["auc"] != entry["summary"]["maml"]["auc"]
+
+    for members, message in (
+        ("maml", "two or more distinct"),
+        ("maml,protonet", "protonet"),
+        ("maml,metasgd,maml", "two or more distinct"),
+    ):
+        assert main(["evaluate", "--run", str(run), "--ensemble", members, "--out-name", "bad.json"]) == 2
+        err = capsys.readouterr().err
+        assert "evaluate.ensemble" in err and message in err, err
+    assert not (run / "bad.json").exists()
+
+
 def test_scratch_baseline_scores_the_same_whatever_ran_before(synthetic_run):
     """Training from scratch starts from a fixed initialisation, not from the process's global RNG: a later
     `metashield evaluate` must reproduce the evaluation that ran right after training."""

@@ -38,6 +38,15 @@ def learner_scorer(learner: nn.Module) -> Scorer:
     return score
 
 
+def ensemble_scorer(members: list[Scorer]) -> Scorer:
+    """Mean of the members' scores [E, M], each adapted on the same support set (members on one scale)."""
+
+    def score(sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor) -> np.ndarray:
+        return np.mean([m(sx, sy, qx) for m in members], axis=0)
+
+    return score
+
+
 def finetune_scorer(pretrained: nn.Module, lr: float, steps: int, head_only: bool) -> Scorer:
     """Pretrain + fine-tune: full-batch gradient descent on the support set from the pretrained weights.
 
