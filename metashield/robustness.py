@@ -86,7 +86,12 @@ def _learners(
     available = [a for a in config.train.algorithms if a in attackable and has_checkpoint(run_dir, a)]
     if methods is None:
         best = metrics.get("best_meta_learner")
-        methods = [best if best in available else available[0]] if available else []
+        if best not in available:
+            # E.g. the `ensemble` candidate, or a learner this threat cannot attack: the best attackable
+            # single meta-learner on meta-val stands in.
+            val = metrics.get("val_tpr@1%fpr", {})
+            best = max(available, key=lambda a: val.get(a, float("-inf")), default=None)
+        methods = [best] if best is not None else []
         if "finetune" in metrics.get("tuned_baselines", {}):
             methods.append("finetune")
     learners = {}

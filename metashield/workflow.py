@@ -18,6 +18,7 @@ from metashield.config import Config, EvaluateConfig, config_from_dict
 from metashield.data import BENIGN
 from metashield.device import resolve_device
 from metashield.evaluation.baselines import (
+    ENSEMBLE,
     Scorer,
     benign_replay,
     ensemble_scorer,
@@ -52,9 +53,6 @@ from metashield.tasks.augment import interpolate_tasks
 from metashield.train import build_learner, meta_train
 
 log = logging.getLogger(__name__)
-
-ENSEMBLE = "ensemble"
-"""Method name of the ``evaluate.ensemble`` candidate in ``metrics.json``."""
 
 
 def baseline_grids(ec: EvaluateConfig) -> dict[str, list[dict]]:

@@ -150,6 +150,17 @@ def test_metrics_json_picks_the_best_meta_learner_at_the_nearest_shot_count(tmp_
         analyst.choose_algorithm(tmp_path, trained, 4, "reptile")
 
 
+def test_an_ensemble_chosen_on_meta_val_deploys_its_best_single_meta_learner(tmp_path):
+    """``adapt`` deploys one model: where metrics.json chose ``evaluate.ensemble``'s candidate, the trained
+    meta-learner with the best meta-val score at that shot count stands in for it."""
+    shots = {
+        "5": {"best_meta_learner": "ensemble", "val_tpr@1%fpr": {"maml": 0.7, "anil": 0.8, "ensemble": 0.9}}
+    }
+    (tmp_path / "metrics.json").write_text(json.dumps({"shots": shots}))
+    algorithm, why = analyst.choose_algorithm(tmp_path, ["maml", "anil"], 5, None)
+    assert algorithm == "anil" and "chose the ensemble" in why
+
+
 def _bad_support(trained: Trained, tmp_path: Path, edit) -> Path:
     frame = support_rows(trained, trained.prep.split.test[0]).reset_index(drop=True)
     return write(tmp_path / "bad.csv", edit(frame))

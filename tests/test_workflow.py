@@ -358,6 +358,28 @@ def test_evaluate_ensemble_averages_the_named_meta_learners_and_competes_on_meta
     assert not (run / "bad.json").exists()
 
 
+def test_attack_defaults_to_the_best_attackable_single_learner_when_val_chose_the_ensemble(
+    synthetic_run, tmp_path
+):
+    """`attack` without --methods attacks metrics.json's best meta-learner; where that is the ensemble
+    candidate (no checkpoint of its own), the trained learner with the best meta-val score stands in."""
+    import shutil
+
+    from metashield.robustness import _learners
+
+    run = tmp_path / "run"
+    shutil.copytree(synthetic_run[0], run)
+    metrics = json.loads((run / "metrics.json").read_text())
+    entry = metrics["shots"]["5"]
+    entry["best_meta_learner"] = "ensemble"
+    entry["val_tpr@1%fpr"].update({a: 0.5 for a in ("maml", "metasgd", "reptile", "anil", "protonet")})
+    entry["val_tpr@1%fpr"].update({"fomaml": 0.6, "ensemble": 0.9})
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    config, prep, meta = load_run(run)
+    chosen = _learners(run, config, prep, meta, None, 5, torch.device("cpu"), "query")
+    assert list(chosen) == ["fomaml", "finetune"]
+
+
 def test_scratch_baseline_scores_the_same_whatever_ran_before(synthetic_run):
     """Training from scratch starts from a fixed initialisation, not from the process's global RNG: a later
     `metashield evaluate` must reproduce the evaluation that ran right after training."""

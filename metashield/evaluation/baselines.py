@@ -38,6 +38,10 @@ def learner_scorer(learner: nn.Module) -> Scorer:
     return score
 
 
+ENSEMBLE = "ensemble"
+"""Method name of the ``evaluate.ensemble`` candidate in ``metrics.json``."""
+
+
 def ensemble_scorer(members: list[Scorer]) -> Scorer:
     """Mean of the members' scores [E, M], each adapted on the same support set (members on one scale)."""
 
