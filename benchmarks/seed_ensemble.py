@@ -35,7 +35,7 @@ from few_shot_quality import bootstrap_ci, markdown, pool  # noqa: E402  (benchm
 from metashield._atomic import atomic_write_json, atomic_write_text  # noqa: E402
 from metashield.device import resolve_device  # noqa: E402
 from metashield.evaluation.baselines import Scorer, ensemble_scorer, learner_scorer  # noqa: E402
-from metashield.evaluation.protocol import mean_metric, run_protocol  # noqa: E402
+from metashield.evaluation.protocol import mean_score, run_protocol  # noqa: E402
 from metashield.evaluation.report import summarise_method  # noqa: E402
 from metashield.runs import held_out_episode_sets, load_model, load_run, tuning_episode_sets  # noqa: E402
 
@@ -73,8 +73,9 @@ def add_candidate(
     ec = config.evaluate
     for shot, entry in report["shots"].items():
         k = int(shot)
-        val = run_protocol({name: scorer}, tuning_episode_sets(config, prep, k, device))[name]
-        entry["val_tpr@1%fpr"][name] = mean_metric(val)
+        entry["val_tpr@1%fpr"][name] = mean_score(
+            scorer, tuning_episode_sets(config, prep, k, device), name=name
+        )
         n_episodes = report["protocol"]["episodes_per_family"]
         test_sets = held_out_episode_sets(config, prep, k, n_episodes, device)
         methods = {name: scorer, reference: reference_scorer}

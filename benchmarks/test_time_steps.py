@@ -15,7 +15,7 @@ import torch
 
 from metashield.device import resolve_device
 from metashield.evaluation.baselines import learner_scorer
-from metashield.evaluation.protocol import mean_metric, run_protocol
+from metashield.evaluation.protocol import mean_score
 from metashield.runs import load_model, load_run, tuning_episode_sets
 
 
@@ -36,7 +36,7 @@ def main() -> None:
             scores = []
             for steps in (trained, 2 * trained, 4 * trained):
                 learner.inner_steps = steps
-                scores.append(100 * mean_metric(run_protocol({"m": learner_scorer(learner)}, val)["m"]))
+                scores.append(100 * mean_score(learner_scorer(learner), val))
             learner.inner_steps = trained
             cells = ", ".join(f"{m * trained} steps {v:.1f}" for m, v in zip((1, 2, 4), scores, strict=True))
             print(f"{args.run.name} {algo} {k}-shot meta-val TPR@1%FPR: {cells}")

@@ -38,7 +38,7 @@ from metashield.data.schema import ThreatSchema
 from metashield.evaluation.baselines import ENSEMBLE
 from metashield.evaluation.metrics import smallest_fpr_step, threshold_at_fpr
 from metashield.raw_rows import RawRows, read_rows, schema_from_dict, schema_to_dict
-from metashield.runs import load_model, load_run
+from metashield.runs import best_on_val, load_model, load_run
 
 log = logging.getLogger(__name__)
 
@@ -96,16 +96,10 @@ def choose_algorithm(run: Path, trained: list[str], n_family: int, requested: st
         raise ValueError(f"{path}: expected the JSON report of `metashield evaluate` ({exc!r})") from None
     k = min(shots, key=lambda s: (abs(int(s) - n_family), int(s)))
     best = shots[k]["best_meta_learner"]
-    if best == ENSEMBLE:
-        # `adapt` deploys one model; the ensemble's best member on meta-val is the nearest single choice.
-        val = shots[k].get("val_tpr@1%fpr", {})
-        singles = [a for a in trained if a in val]
-        if singles:
-            best = max(singles, key=val.__getitem__)
-            return (
-                best,
-                f"best single meta-learner on meta-val at {k} shots (metrics.json chose the ensemble)",
-            )
+    # `adapt` deploys one model; the best single meta-learner on meta-val is the nearest choice.
+    single = best_on_val(shots[k], trained) if best == ENSEMBLE else None
+    if single is not None:
+        return single, f"best single meta-learner on meta-val at {k} shots (metrics.json chose the ensemble)"
     if best not in trained:
         raise FileNotFoundError(f"{path} names {best!r} as the best meta-learner but {run} has no checkpoint")
     return best, f"best meta-learner on meta-val at {k} shots (metrics.json)"

@@ -175,8 +175,12 @@ def cmd_classify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _csv_names(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
 def _csv_baselines(text: str) -> list[str]:
-    names = [v.strip() for v in text.split(",") if v.strip()]
+    names = _csv_names(text)
     unknown = [n for n in names if n not in BASELINES]
     if unknown or not names:
         raise argparse.ArgumentTypeError(f"baselines must be among {', '.join(BASELINES)}, got {text!r}")
@@ -298,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument(
         "--ensemble",
-        type=lambda t: [v.strip() for v in t.split(",") if v.strip()],
+        type=_csv_names,
         help="comma-separated meta-learners of the run whose logit margins are averaged into one more "
         "candidate, `ensemble`, e.g. metasgd,maml,fomaml (default: the run config's evaluate.ensemble)",
     )

@@ -43,7 +43,7 @@ from metashield.evaluation.metrics import (
 )
 from metashield.evaluation.robust import pool_sanity, robust_evaluate
 from metashield.meta import ProtoNet
-from metashield.runs import held_out_episode_sets, load_model, load_run
+from metashield.runs import best_on_val, held_out_episode_sets, load_model, load_run
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +87,8 @@ def _learners(
     if methods is None:
         best = metrics.get("best_meta_learner")
         if best not in available:
-            # E.g. the `ensemble` candidate, or a learner this threat cannot attack: the best attackable
-            # single meta-learner on meta-val stands in.
-            val = metrics.get("val_tpr@1%fpr", {})
-            best = max(available, key=lambda a: val.get(a, float("-inf")), default=None)
+            # E.g. the `ensemble` candidate, or a learner this threat cannot attack.
+            best = best_on_val(metrics, available) or (available[0] if available else None)
         methods = [best] if best is not None else []
         if "finetune" in metrics.get("tuned_baselines", {}):
             methods.append("finetune")

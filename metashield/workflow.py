@@ -29,7 +29,7 @@ from metashield.evaluation.baselines import (
     pretrain,
     scratch_scorer,
 )
-from metashield.evaluation.protocol import mean_metric, run_protocol
+from metashield.evaluation.protocol import mean_score, run_protocol
 from metashield.evaluation.report import (
     format_family_table,
     format_table,
@@ -192,7 +192,7 @@ def train_run(config: Config, out_dir: str | Path, *, resume: bool = False, prog
         )
 
     def val_score(learner: torch.nn.Module) -> float:
-        return mean_metric(run_protocol({"m": learner_scorer(learner)}, val_sets)["m"])
+        return mean_score(learner_scorer(learner), val_sets)
 
     poison_batch_fn, trigger = _poisoning(config, prep)
     transform = _batch_transform(poison_batch_fn, tc.task_interpolation)
@@ -241,7 +241,7 @@ def train_run(config: Config, out_dir: str | Path, *, resume: bool = False, prog
 
 def tune_baseline(grid: list[dict], make, val_sets, label: str) -> tuple[dict, float, list]:
     """Pick the grid point with the best mean meta-val TPR@1%FPR (ties: the first, i.e. the simplest)."""
-    scores = [mean_metric(run_protocol({"m": make(**p)}, val_sets)["m"]) for p in grid]
+    scores = [mean_score(make(**p), val_sets) for p in grid]
     best = int(np.argmax(scores))
     log.info("%s: best %s (meta-val TPR@1%%FPR %.3f)", label, grid[best], scores[best])
     return (
@@ -314,11 +314,11 @@ def evaluate_run(
         tuned, methods, val_scores = {}, {}, {}
         for a, learner in learners.items():
             methods[a] = learner_scorer(learner)
-            val_scores[a] = mean_metric(run_protocol({"m": methods[a]}, val_sets)["m"])
+            val_scores[a] = mean_score(methods[a], val_sets, name=a)
         meta_learners = list(learners)
         if ec.ensemble:
             methods[ENSEMBLE] = ensemble_scorer([methods[a] for a in ec.ensemble])
-            val_scores[ENSEMBLE] = mean_metric(run_protocol({"m": methods[ENSEMBLE]}, val_sets)["m"])
+            val_scores[ENSEMBLE] = mean_score(methods[ENSEMBLE], val_sets, name=ENSEMBLE)
             meta_learners.append(ENSEMBLE)
         for b in ec.baselines:
             params, score, trace = tune_baseline(

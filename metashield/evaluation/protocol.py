@@ -138,6 +138,13 @@ def set_metrics(
     ]
 
 
+def mean_score(
+    scorer: Scorer, sets: Mapping[str, EpisodeSet], *, name: str = "m", metric: str = "tpr@1%fpr"
+) -> float:
+    """``mean_metric`` of one scorer on ``sets`` (e.g. its meta-val score); ``name`` labels its warnings."""
+    return mean_metric(run_protocol({name: scorer}, sets)[name], metric)
+
+
 def mean_metric(result: Mapping[str, list[dict[str, float]]], metric: str = "tpr@1%fpr") -> float:
     """Mean over families of the per-family mean (every family weighs the same)."""
     return float(np.mean([np.mean([ep[metric] for ep in eps]) for eps in result.values()]))
