@@ -1,16 +1,18 @@
 """The analyst's workflow: adapt a trained run to a new family from a few labelled rows, then score files.
 
-``adapt_run`` reads a small labelled CSV in raw units, adapts one meta-learner of a run to it and writes an
-*adapted run* directory::
+``adapt_run`` reads a small labelled CSV in raw units, adapts a run's meta-learner to it (or every member
+of the ``ensemble`` candidate of ``evaluate.ensemble``) and writes an *adapted run* directory::
 
-    adapted.safetensors   the adapted parameters (T=1): gradient learners' weights, ProtoNet's prototypes
-    <algorithm>.safetensors/.json   the source run's meta-parameters, copied so that ``predict`` needs
+    adapted.safetensors   the adapted parameters (T=1) of each member, keyed ``<member>/<name>``: gradient
+                          learners' weights, ProtoNet's prototypes
+    <member>.safetensors/.json   the source run's meta-parameters, copied so that ``predict`` needs
                           neither the source run nor its training data
-    adapted.json          the record: source run, support sha256, algorithm, operating threshold, the run's
-                          config, fitted pipeline and threat schema
+    adapted.json          the record: source run, support sha256, algorithm and members, operating threshold,
+                          the run's config, fitted pipeline and threat schema
 
 ``predict_file`` scores a CSV in raw units with an adapted run. Scores are the logit margin z1 - z0 (as in
-``evaluation.baselines``) and a row is flagged iff score > threshold, strictly (``evaluation.metrics``).
+``evaluation.baselines``), averaged over an ensemble's members as ``evaluation.baselines.ensemble_scorer``
+does, and a row is flagged iff score > threshold, strictly (``evaluation.metrics``).
 """
 
 from __future__ import annotations
@@ -38,18 +40,23 @@ from metashield.data.schema import ThreatSchema
 from metashield.evaluation.baselines import ENSEMBLE
 from metashield.evaluation.metrics import smallest_fpr_step, threshold_at_fpr
 from metashield.raw_rows import RawRows, read_rows, schema_from_dict, schema_to_dict
-from metashield.runs import best_on_val, load_model, load_run
+from metashield.runs import load_model, load_run
 
 log = logging.getLogger(__name__)
 
 ADAPTED = "adapted"
 """Checkpoint name of the adapted parameters; ``adapted.json`` is the adapted run's record."""
-FORMAT = "metashield-adapted/1"
+FORMAT = "metashield-adapted/2"
+"""Version 2 added ensembles (``members``, keys ``<member>/<name>``); version 1 runs (one model, plain keys)
+are still read."""
+READABLE_FORMATS = ("metashield-adapted/1", FORMAT)
 TARGET_FPR = 0.01
 CHUNK = 65536
 """Rows per forward pass: bounds memory on large inputs."""
 
 Params = dict[str, Tensor]
+Members = dict[str, tuple[nn.Module, Params]]
+"""Deployed members by algorithm name: each one's learner and its parameters adapted to the support set."""
 
 
 def _support_targets(rows: RawRows, path: Path, label_column: str, benign_label: str) -> np.ndarray:
@@ -80,29 +87,54 @@ def _trained(config: Config, run: Path) -> list[str]:
     return trained
 
 
-def choose_algorithm(run: Path, trained: list[str], n_family: int, requested: str | None) -> tuple[str, str]:
-    """(algorithm, why chosen): ``requested``; else ``metrics.json``'s best meta-learner (chosen on meta-val)
-    at the shot count nearest ``n_family`` (ties: the smaller); else the first trained algorithm."""
-    if requested is not None:
-        if requested not in trained:
-            raise ValueError(f"--algorithm {requested!r}: {run} has checkpoints for {trained} only")
-        return requested, "requested"
+def _read_metrics(run: Path) -> dict | None:
     path = run / "metrics.json"
     if not path.is_file():
-        return trained[0], "first trained algorithm (the run has no metrics.json)"
+        return None
     try:
-        shots = json.loads(path.read_text(encoding="utf-8"))["shots"]
-    except (json.JSONDecodeError, KeyError) as exc:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+        metrics["shots"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise ValueError(f"{path}: expected the JSON report of `metashield evaluate` ({exc!r})") from None
-    k = min(shots, key=lambda s: (abs(int(s) - n_family), int(s)))
-    best = shots[k]["best_meta_learner"]
-    # `adapt` deploys one model; the best single meta-learner on meta-val is the nearest choice.
-    single = best_on_val(shots[k], trained) if best == ENSEMBLE else None
-    if single is not None:
-        return single, f"best single meta-learner on meta-val at {k} shots (metrics.json chose the ensemble)"
+    return metrics
+
+
+def choose_algorithm(
+    run: Path, trained: list[str], n_family: int, requested: str | None, ensemble: list[str]
+) -> tuple[str, list[str], str]:
+    """(algorithm, members, why chosen): ``requested``; else ``metrics.json``'s best meta-learner (chosen on
+    meta-val) at the shot count nearest ``n_family`` (ties: the smaller); else the first trained algorithm.
+
+    ``ENSEMBLE`` deploys the members ``metrics.json`` evaluated it with (``ensemble``, the run config's
+    ``evaluate.ensemble``, where the report does not say); any other algorithm is its own only member.
+    """
+    metrics = _read_metrics(run)
+    if metrics is not None and "ensemble" in metrics.get("protocol", {}):
+        ensemble = list(metrics["protocol"]["ensemble"])
+    if requested is not None:
+        why = "requested"
+        best = requested
+    elif metrics is None:
+        return trained[0], [trained[0]], "first trained algorithm (the run has no metrics.json)"
+    else:
+        shots = metrics["shots"]
+        k = min(shots, key=lambda s: (abs(int(s) - n_family), int(s)))
+        best = shots[k]["best_meta_learner"]
+        why = f"best meta-learner on meta-val at {k} shots (metrics.json)"
+    if best == ENSEMBLE:
+        if not ensemble:
+            raise ValueError(f"--algorithm {ENSEMBLE}: {run} was evaluated without evaluate.ensemble")
+        untrained = [m for m in ensemble if m not in trained]
+        if untrained:
+            raise FileNotFoundError(f"{run}: the ensemble's members {untrained} have no checkpoint")
+        return ENSEMBLE, ensemble, f"{why}: the mean logit margin of {ensemble}"
     if best not in trained:
-        raise FileNotFoundError(f"{path} names {best!r} as the best meta-learner but {run} has no checkpoint")
-    return best, f"best meta-learner on meta-val at {k} shots (metrics.json)"
+        if requested is not None:
+            raise ValueError(f"--algorithm {requested!r}: {run} has checkpoints for {trained} only")
+        raise FileNotFoundError(
+            f"{run}/metrics.json names {best!r} as the best meta-learner but {run} has no checkpoint"
+        )
+    return best, [best], why
 
 
 def margins(learner: nn.Module, params: Params, x: np.ndarray) -> np.ndarray:
@@ -113,6 +145,12 @@ def margins(learner: nn.Module, params: Params, x: np.ndarray) -> np.ndarray:
             logits = learner.predict(params, torch.as_tensor(x[i : i + CHUNK])[None])
             parts.append((logits[0, :, 1] - logits[0, :, 0]).numpy())
     return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+
+
+def mean_margins(members: Members, x: np.ndarray) -> np.ndarray:
+    """float32 [M]: the members' ``margins`` of rows x [M, D], averaged as ``ensemble_scorer`` averages
+    them (one member: its own margins)."""
+    return np.mean([margins(learner, params, x) for learner, params in members.values()], axis=0)
 
 
 def _operating_threshold(scores: np.ndarray) -> dict:
@@ -201,19 +239,24 @@ def adapt_run(
     config, prep, meta = load_run(run)
     rows = read_rows(support, prep.pipeline, prep.schema, label_column, label_required=True)
     y = _support_targets(rows, support, label_column, benign_label)
-    algo, why = choose_algorithm(run, _trained(config, run), int(y.sum()), algorithm)
-    learner = load_model(config, int(meta["in_dim"]), run, algo, algo).eval()
+    algo, names, why = choose_algorithm(
+        run, _trained(config, run), int(y.sum()), algorithm, list(config.evaluate.ensemble)
+    )
     x = prep.pipeline.transform(rows.frame)
-    with torch.no_grad():
-        params = learner.adapt(torch.as_tensor(x)[None], torch.as_tensor(y)[None])
-    threshold = _operating_threshold(margins(learner, params, prep.X[prep.benign["val"]]))
-    support_flagged = margins(learner, params, x) > threshold["value"]
+    members: Members = {}
+    for name in names:
+        learner = load_model(config, int(meta["in_dim"]), run, name, name).eval()
+        with torch.no_grad():
+            members[name] = learner, learner.adapt(torch.as_tensor(x)[None], torch.as_tensor(y)[None])
+    threshold = _operating_threshold(mean_margins(members, prep.X[prep.benign["val"]]))
+    support_flagged = mean_margins(members, x) > threshold["value"]
     record = {
         "format": FORMAT,
         "source_run": str(run.resolve()),
-        "source_checkpoint_sha256": file_sha256(run / f"{algo}.safetensors"),
+        "source_checkpoint_sha256": {name: file_sha256(run / f"{name}.safetensors") for name in names},
         "dataset": prep.dataset,
         "algorithm": algo,
+        "members": names,
         "algorithm_choice": why,
         "support": {
             "path": str(support.resolve()),
@@ -228,10 +271,12 @@ def adapt_run(
         "pipeline": meta["pipeline"],
         "schema": schema_to_dict(prep.schema),
     }
+    adapted = {f"{name}/{k}": v for name, (_, params) in members.items() for k, v in params.items()}
 
     def write(directory: Path) -> None:
-        save_checkpoint(directory, algo, dict(learner.state_dict()), {"copied_from": str(run.resolve())})
-        save_checkpoint(directory, ADAPTED, params, record)
+        for name, (learner, _) in members.items():
+            save_checkpoint(directory, name, dict(learner.state_dict()), {"copied_from": str(run.resolve())})
+        save_checkpoint(directory, ADAPTED, adapted, record)
 
     _publish_dir(out, write)
     return record
@@ -242,8 +287,7 @@ class Adapted:
     """An adapted run loaded for scoring: ``scores(frame)`` maps raw rows to attack scores."""
 
     record: dict
-    learner: nn.Module
-    params: Params
+    members: Members
     pipeline: FeaturePipeline
     schema: ThreatSchema
 
@@ -252,8 +296,8 @@ class Adapted:
         return float(self.record["threshold"]["value"])
 
     def scores(self, frame: pd.DataFrame) -> np.ndarray:
-        """float32 [n] logit margins of the raw rows of ``frame``."""
-        return margins(self.learner, self.params, self.pipeline.transform(frame))
+        """float32 [n] logit margins of the raw rows of ``frame`` (an ensemble's: averaged)."""
+        return mean_margins(self.members, self.pipeline.transform(frame))
 
 
 def load_adapted(run: str | os.PathLike) -> Adapted:
@@ -261,15 +305,26 @@ def load_adapted(run: str | os.PathLike) -> Adapted:
     run = Path(run)
     if not has_checkpoint(run, ADAPTED):
         raise FileNotFoundError(f"{run}: no adapted model: is it a directory written by `metashield adapt`?")
-    params, record = load_checkpoint(run, ADAPTED)
-    if record.get("format") != FORMAT:
-        raise ValueError(f"{run / 'adapted.json'}: format {record.get('format')!r}, expected {FORMAT!r}")
+    tensors, record = load_checkpoint(run, ADAPTED)
+    if record.get("format") not in READABLE_FORMATS:
+        raise ValueError(
+            f"{run / 'adapted.json'}: format {record.get('format')!r}, "
+            f"expected one of {list(READABLE_FORMATS)}"
+        )
     config = config_from_dict(record["config"], str(run / "adapted.json"))
-    learner = load_model(config, int(record["in_dim"]), run, record["algorithm"], record["algorithm"])
+    # Version 1 held one model under plain parameter names.
+    names = record.get("members", [record["algorithm"]])
+    members: Members = {}
+    for name in names:
+        prefix = f"{name}/" if record["format"] == FORMAT else ""
+        params = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+        if not params:
+            raise ValueError(f"{run / 'adapted.safetensors'}: no adapted parameters for member {name!r}")
+        learner = load_model(config, int(record["in_dim"]), run, name, name)
+        members[name] = learner.eval(), params
     return Adapted(
         record,
-        learner.eval(),
-        params,
+        members,
         FeaturePipeline.from_dict(record["pipeline"]),
         schema_from_dict(record["schema"]),
     )

@@ -370,7 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
     ad.add_argument("--support", type=Path, required=True, help="labelled CSV in raw units")
     ad.add_argument("--out", type=Path, required=True, help="new adapted-run directory (must not exist)")
     ad.add_argument(
-        "--algorithm", help="meta-learner to adapt (default: the best on meta-val in metrics.json)"
+        "--algorithm",
+        help="meta-learner to adapt, or 'ensemble' for the members of evaluate.ensemble (default: the best "
+        "on meta-val in metrics.json, the ensemble included)",
     )
     ad.add_argument("--label-column", default="label")
     ad.add_argument("--benign-label", default="benign")

@@ -66,8 +66,8 @@ def prepare_saved(config: Config, meta: dict) -> Prepared:
 
 def best_on_val(entry: dict, candidates: list[str]) -> str | None:
     """Of ``candidates``, the one with the best meta-val score in a ``metrics.json`` shot entry (ties: the
-    first); None when none of them was scored. For commands that deploy one model where the val choice was
-    something else (the ``evaluate.ensemble`` candidate, or a learner a threat cannot attack)."""
+    first); None when none of them was scored. For ``attack``, which attacks one model, where the val choice
+    was something else (the ``evaluate.ensemble`` candidate, or a learner a threat cannot attack)."""
     val = entry.get("val_tpr@1%fpr", {})
     scored = [a for a in candidates if a in val]
     return max(scored, key=val.__getitem__) if scored else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from conftest import write_synthetic_flows
 from test_workflow import TINY, tabular_overrides
 
 from metashield import analyst, experiment
+from metashield.checkpoint import load_checkpoint, save_checkpoint
 from metashield.cli import main
 from metashield.config import load_config
 from metashield.data.schema import FeatureSpec, ThreatSchema
@@ -41,7 +43,7 @@ class Trained:
 def trained(tmp_path_factory) -> Trained:
     root = tmp_path_factory.mktemp("analyst")
     csv = write_synthetic_flows(root / "flows.csv")
-    config = load_config(None, tabular_overrides(csv) + TINY + ["train.algorithms=[maml, protonet]"])
+    config = load_config(None, tabular_overrides(csv) + TINY + ["train.algorithms=[maml, fomaml, protonet]"])
     train_run(config, root / "run", progress=False)
     _, prep, _ = load_run(root / "run")
     raw = pd.read_csv(csv, dtype=str, keep_default_na=False)
@@ -117,7 +119,10 @@ def test_record_names_its_evidence_and_predict_is_deterministic(trained, adapted
     on_disk = json.loads((out / "adapted.json").read_text())
     assert on_disk["support"]["sha256"] == hashlib.sha256(support.read_bytes()).hexdigest()
     assert on_disk["source_run"] == str(trained.run.resolve())
-    assert on_disk["algorithm"] == record["algorithm"] == "maml"
+    assert on_disk["algorithm"] == record["algorithm"] == "maml" and on_disk["members"] == ["maml"]
+    assert on_disk["source_checkpoint_sha256"] == {
+        "maml": hashlib.sha256((trained.run / "maml.safetensors").read_bytes()).hexdigest()
+    }
     assert on_disk["support"]["new_family_rows"] == 5 and on_disk["support"]["benign_rows"] == 10
     assert sorted(p.name for p in out.iterdir()) == [
         "adapted.json",
@@ -142,23 +147,88 @@ def test_metrics_json_picks_the_best_meta_learner_at_the_nearest_shot_count(tmp_
     shots = {"1": {"best_meta_learner": "anil"}, "5": {"best_meta_learner": "maml"}, "10": {}}
     (tmp_path / "metrics.json").write_text(json.dumps({"shots": shots}))
     trained = ["maml", "anil"]
-    assert analyst.choose_algorithm(tmp_path, trained, 2, None)[0] == "anil"
-    assert analyst.choose_algorithm(tmp_path, trained, 3, None)[0] == "anil"  # tie: the smaller count
-    assert analyst.choose_algorithm(tmp_path, trained, 4, None)[0] == "maml"
-    assert analyst.choose_algorithm(tmp_path, trained, 4, "anil") == ("anil", "requested")
+    assert analyst.choose_algorithm(tmp_path, trained, 2, None, [])[:2] == ("anil", ["anil"])
+    assert analyst.choose_algorithm(tmp_path, trained, 3, None, [])[0] == "anil"  # tie: the smaller count
+    assert analyst.choose_algorithm(tmp_path, trained, 4, None, [])[0] == "maml"
+    assert analyst.choose_algorithm(tmp_path, trained, 4, "anil", []) == ("anil", ["anil"], "requested")
     with pytest.raises(ValueError, match=r"--algorithm 'reptile': .* has checkpoints for \['maml', 'anil'\]"):
-        analyst.choose_algorithm(tmp_path, trained, 4, "reptile")
+        analyst.choose_algorithm(tmp_path, trained, 4, "reptile", [])
 
 
-def test_an_ensemble_chosen_on_meta_val_deploys_its_best_single_meta_learner(tmp_path):
-    """``adapt`` deploys one model: where metrics.json chose ``evaluate.ensemble``'s candidate, the trained
-    meta-learner with the best meta-val score at that shot count stands in for it."""
-    shots = {
-        "5": {"best_meta_learner": "ensemble", "val_tpr@1%fpr": {"maml": 0.7, "anil": 0.8, "ensemble": 0.9}}
+def test_an_ensemble_chosen_on_meta_val_deploys_the_members_it_was_evaluated_with(tmp_path):
+    shots = {"5": {"best_meta_learner": "ensemble"}}
+    metrics = {"protocol": {"ensemble": ["anil", "maml"]}, "shots": shots}
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    # The report's members win over the run config's (evaluate --ensemble may have replaced them).
+    algorithm, members, why = analyst.choose_algorithm(
+        tmp_path, ["maml", "anil"], 5, None, ["maml", "fomaml"]
+    )
+    assert (algorithm, members) == ("ensemble", ["anil", "maml"]) and "['anil', 'maml']" in why
+    with pytest.raises(FileNotFoundError, match=r"members \['anil'\] have no checkpoint"):
+        analyst.choose_algorithm(tmp_path, ["maml"], 5, None, [])
+    (tmp_path / "metrics.json").unlink()
+    assert analyst.choose_algorithm(tmp_path, ["maml", "fomaml"], 5, "ensemble", ["maml", "fomaml"])[:2] == (
+        "ensemble",
+        ["maml", "fomaml"],
+    )
+    with pytest.raises(ValueError, match="evaluated without evaluate.ensemble"):
+        analyst.choose_algorithm(tmp_path, ["maml"], 5, "ensemble", [])
+
+
+def test_adapted_ensemble_scores_are_the_mean_of_its_members(trained, tmp_path):
+    """The deployed ensemble is what `evaluate` scored: each member adapted on the support set on its own,
+    then their logit margins averaged; its threshold is the 1%-FPR threshold of those averages."""
+    run = tmp_path / "run"
+    shutil.copytree(trained.run, run)
+    metrics = {
+        "protocol": {"ensemble": ["maml", "fomaml"]},
+        "shots": {"5": {"best_meta_learner": "ensemble"}},
     }
-    (tmp_path / "metrics.json").write_text(json.dumps({"shots": shots}))
-    algorithm, why = analyst.choose_algorithm(tmp_path, ["maml", "anil"], 5, None)
-    assert algorithm == "anil" and "chose the ensemble" in why
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    family = trained.prep.split.test[0]
+    support = write(tmp_path / "s.csv", support_rows(trained, family))
+    query = write(tmp_path / "q.csv", trained.benign("val"), trained.family(family).iloc[5:])
+    scores = {}
+    for name in ("ensemble", "maml", "fomaml"):
+        record = analyst.adapt_run(
+            run, support, tmp_path / name, algorithm=None if name == "ensemble" else name
+        )
+        analyst.predict_file(tmp_path / name, query, tmp_path / f"{name}.csv")
+        scores[name] = read_scores(tmp_path / f"{name}.csv")["score"].to_numpy()
+    assert record["members"] == ["fomaml"] and not np.allclose(scores["maml"], scores["fomaml"])
+    np.testing.assert_allclose(
+        scores["ensemble"], (scores["maml"] + scores["fomaml"]) / 2, rtol=1e-6, atol=1e-6
+    )
+    ensemble = json.loads((tmp_path / "ensemble" / "adapted.json").read_text())
+    assert ensemble["algorithm"] == "ensemble" and ensemble["members"] == ["maml", "fomaml"]
+    n_val = len(trained.prep.benign["val"])
+    assert ensemble["threshold"]["value"] == threshold_at_fpr(scores["ensemble"][:n_val], 0.01)
+    assert sorted(p.name for p in (tmp_path / "ensemble").iterdir()) == [
+        "adapted.json",
+        "adapted.safetensors",
+        "fomaml.json",
+        "fomaml.safetensors",
+        "maml.json",
+        "maml.safetensors",
+    ]
+
+
+def test_adapted_runs_of_format_1_are_still_read(trained, adapted, tmp_path):
+    """Version 1 stored one model under plain parameter names and no ``members``."""
+    support, out, _ = adapted
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    tensors, record = load_checkpoint(old, analyst.ADAPTED)
+    record = {k: v for k, v in record.items() if k != "members"} | {"format": "metashield-adapted/1"}
+    save_checkpoint(old, analyst.ADAPTED, {k.removeprefix("maml/"): v for k, v in tensors.items()}, record)
+    query = write(tmp_path / "q.csv", trained.benign("test").iloc[:40])
+    analyst.predict_file(out, query, tmp_path / "new.csv")
+    analyst.predict_file(old, query, tmp_path / "old.csv")
+    assert (tmp_path / "new.csv").read_bytes() == (tmp_path / "old.csv").read_bytes()
+    record["format"] = "metashield-adapted/0"
+    save_checkpoint(old, analyst.ADAPTED, tensors, record)
+    with pytest.raises(ValueError, match="format 'metashield-adapted/0', expected one of"):
+        analyst.load_adapted(old)
 
 
 def _bad_support(trained: Trained, tmp_path: Path, edit) -> Path:
