@@ -11,8 +11,8 @@ of the ``ensemble`` candidate of ``evaluate.ensemble``) and writes an *adapted r
                           the run's config, fitted pipeline and threat schema
 
 ``predict_file`` scores a CSV in raw units with an adapted run. Scores are the logit margin z1 - z0 (as in
-``evaluation.baselines``), averaged over an ensemble's members as ``evaluation.baselines.ensemble_scorer``
-does, and a row is flagged iff score > threshold, strictly (``evaluation.metrics``).
+``evaluation.baselines``) of the members' mean logits (``meta.Ensemble``; one member: its own logits), and a
+row is flagged iff score > threshold, strictly (``evaluation.metrics``).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from metashield.data.download import file_sha256
 from metashield.data.schema import ThreatSchema
 from metashield.evaluation.baselines import ENSEMBLE
 from metashield.evaluation.metrics import smallest_fpr_step, threshold_at_fpr
+from metashield.meta import Ensemble
 from metashield.raw_rows import RawRows, read_rows, schema_from_dict, schema_to_dict
 from metashield.runs import load_model, load_run
 
@@ -55,8 +56,6 @@ CHUNK = 65536
 """Rows per forward pass: bounds memory on large inputs."""
 
 Params = dict[str, Tensor]
-Members = dict[str, tuple[nn.Module, Params]]
-"""Deployed members by algorithm name: each one's learner and its parameters adapted to the support set."""
 
 
 def _support_targets(rows: RawRows, path: Path, label_column: str, benign_label: str) -> np.ndarray:
@@ -145,12 +144,6 @@ def margins(learner: nn.Module, params: Params, x: np.ndarray) -> np.ndarray:
             logits = learner.predict(params, torch.as_tensor(x[i : i + CHUNK])[None])
             parts.append((logits[0, :, 1] - logits[0, :, 0]).numpy())
     return np.concatenate(parts) if parts else np.zeros(0, np.float32)
-
-
-def mean_margins(members: Members, x: np.ndarray) -> np.ndarray:
-    """float32 [M]: the members' ``margins`` of rows x [M, D], averaged as ``ensemble_scorer`` averages
-    them (one member: its own margins)."""
-    return np.mean([margins(learner, params, x) for learner, params in members.values()], axis=0)
 
 
 def _operating_threshold(scores: np.ndarray) -> dict:
@@ -242,14 +235,12 @@ def adapt_run(
     algo, names, why = choose_algorithm(
         run, _trained(config, run), int(y.sum()), algorithm, list(config.evaluate.ensemble)
     )
+    learner = Ensemble({n: load_model(config, int(meta["in_dim"]), run, n, n) for n in names}).eval()
     x = prep.pipeline.transform(rows.frame)
-    members: Members = {}
-    for name in names:
-        learner = load_model(config, int(meta["in_dim"]), run, name, name).eval()
-        with torch.no_grad():
-            members[name] = learner, learner.adapt(torch.as_tensor(x)[None], torch.as_tensor(y)[None])
-    threshold = _operating_threshold(mean_margins(members, prep.X[prep.benign["val"]]))
-    support_flagged = mean_margins(members, x) > threshold["value"]
+    with torch.no_grad():
+        params = learner.adapt(torch.as_tensor(x)[None], torch.as_tensor(y)[None])
+    threshold = _operating_threshold(margins(learner, params, prep.X[prep.benign["val"]]))
+    support_flagged = margins(learner, params, x) > threshold["value"]
     record = {
         "format": FORMAT,
         "source_run": str(run.resolve()),
@@ -271,12 +262,11 @@ def adapt_run(
         "pipeline": meta["pipeline"],
         "schema": schema_to_dict(prep.schema),
     }
-    adapted = {f"{name}/{k}": v for name, (_, params) in members.items() for k, v in params.items()}
 
     def write(directory: Path) -> None:
-        for name, (learner, _) in members.items():
-            save_checkpoint(directory, name, dict(learner.state_dict()), {"copied_from": str(run.resolve())})
-        save_checkpoint(directory, ADAPTED, adapted, record)
+        for name, member in learner.members.items():
+            save_checkpoint(directory, name, dict(member.state_dict()), {"copied_from": str(run.resolve())})
+        save_checkpoint(directory, ADAPTED, params, record)
 
     _publish_dir(out, write)
     return record
@@ -287,7 +277,8 @@ class Adapted:
     """An adapted run loaded for scoring: ``scores(frame)`` maps raw rows to attack scores."""
 
     record: dict
-    members: Members
+    learner: Ensemble
+    params: Params
     pipeline: FeaturePipeline
     schema: ThreatSchema
 
@@ -296,8 +287,8 @@ class Adapted:
         return float(self.record["threshold"]["value"])
 
     def scores(self, frame: pd.DataFrame) -> np.ndarray:
-        """float32 [n] logit margins of the raw rows of ``frame`` (an ensemble's: averaged)."""
-        return mean_margins(self.members, self.pipeline.transform(frame))
+        """float32 [n] logit margins of the raw rows of ``frame``."""
+        return margins(self.learner, self.params, self.pipeline.transform(frame))
 
 
 def load_adapted(run: str | os.PathLike) -> Adapted:
@@ -312,19 +303,16 @@ def load_adapted(run: str | os.PathLike) -> Adapted:
             f"expected one of {list(READABLE_FORMATS)}"
         )
     config = config_from_dict(record["config"], str(run / "adapted.json"))
-    # Version 1 held one model under plain parameter names.
     names = record.get("members", [record["algorithm"]])
-    members: Members = {}
+    if record["format"] != FORMAT:  # version 1: one model under plain parameter names
+        tensors = {f"{names[0]}/{k}": v for k, v in tensors.items()}
+    learner = Ensemble({n: load_model(config, int(record["in_dim"]), run, n, n) for n in names}).eval()
     for name in names:
-        prefix = f"{name}/" if record["format"] == FORMAT else ""
-        params = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-        if not params:
-            raise ValueError(f"{run / 'adapted.safetensors'}: no adapted parameters for member {name!r}")
-        learner = load_model(config, int(record["in_dim"]), run, name, name)
-        members[name] = learner.eval(), params
+        learner.member_params(tensors, name)  # a missing member fails here, not at the first prediction
     return Adapted(
         record,
-        members,
+        learner,
+        tensors,
         FeaturePipeline.from_dict(record["pipeline"]),
         schema_from_dict(record["schema"]),
     )

@@ -346,8 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
     at.add_argument(
         "--methods",
         type=lambda t: [m for m in t.split(",") if m],
-        help="trained meta-learners and finetune; knn, logreg and logreg-replay too for query attacks "
-        "(default: the meta-val choice and finetune)",
+        help="trained meta-learners, ensemble (the members of evaluate.ensemble) and finetune; knn, logreg "
+        "and logreg-replay too for query attacks (default: the meta-val choice and finetune)",
     )
     at.add_argument("--shots", type=int, default=5)
     at.add_argument("--episodes", type=int, default=10, help="episodes per held-out family")

@@ -29,6 +29,7 @@ from metashield.attacks.support import MODES, adaptive_query_attack, poison_supp
 from metashield.checkpoint import has_checkpoint
 from metashield.device import resolve_device
 from metashield.evaluation.baselines import (
+    ENSEMBLE,
     LogisticRegressionLearner,
     NearestNeighbourLearner,
     ReplayLearner,
@@ -42,7 +43,7 @@ from metashield.evaluation.metrics import (
     tpr_at_fpr,
 )
 from metashield.evaluation.robust import pool_sanity, robust_evaluate
-from metashield.meta import ProtoNet
+from metashield.meta import Ensemble, ProtoNet
 from metashield.runs import best_on_val, held_out_episode_sets, load_model, load_run
 
 log = logging.getLogger(__name__)
@@ -75,19 +76,24 @@ def _constraints(kind: str, prep) -> Constraints:
 def _learners(
     run_dir: Path, config, prep, meta: dict, methods: Sequence[str] | None, shots: int, device, threat: str
 ):
-    """name -> learner with ``adapt``/``predict``: trained meta-learners and the tuned fine-tune; for the
+    """name -> learner with ``adapt``/``predict``: trained meta-learners, the ``ensemble`` candidate of
+    ``evaluate.ensemble`` (its members as ``metrics.json`` evaluated them) and the tuned fine-tune; for the
     query threat also ProtoNet, 1-NN and logistic regression."""
     in_dim = int(meta["in_dim"])
     metrics_path = run_dir / "metrics.json"
-    metrics = {}
+    report = {}
     if metrics_path.is_file():
-        metrics = json.loads(metrics_path.read_text(encoding="utf-8")).get("shots", {}).get(str(shots), {})
+        report = json.loads(metrics_path.read_text(encoding="utf-8"))
+    metrics = report.get("shots", {}).get(str(shots), {})
+    members = report.get("protocol", {}).get("ensemble") or list(config.evaluate.ensemble)
     attackable = GRADIENT_LEARNERS + (QUERY_ONLY_LEARNERS if threat == "query" else ())
     available = [a for a in config.train.algorithms if a in attackable and has_checkpoint(run_dir, a)]
+    if members and all(m in available for m in members):
+        available.append(ENSEMBLE)
     if methods is None:
         best = metrics.get("best_meta_learner")
         if best not in available:
-            # E.g. the `ensemble` candidate, or a learner this threat cannot attack.
+            # A learner this threat cannot attack.
             best = best_on_val(metrics, available) or (available[0] if available else None)
         methods = [best] if best is not None else []
         if "finetune" in metrics.get("tuned_baselines", {}):
@@ -119,6 +125,9 @@ def _learners(
             pretrained = load_model(config, in_dim, run_dir, "pretrained").to(device)
             p = tuned["params"]
             learners[name] = finetune_learner(pretrained, p["lr"], p["steps"], p["head_only"])
+        elif name == ENSEMBLE and name in available:
+            models = {m: load_model(config, in_dim, run_dir, m, m) for m in members}
+            learners[name] = Ensemble(models).to(device)
         elif name in available:
             learners[name] = load_model(config, in_dim, run_dir, name, name).to(device)
         else:

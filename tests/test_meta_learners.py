@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from metashield.meta import ANIL, MAML, MetaSGD, Reptile
+from metashield.meta import ANIL, MAML, Ensemble, MetaSGD, Reptile
 from metashield.meta.inner import adapt_task, adapt_tasks
 from metashield.models.mlp import MLP
 
@@ -272,3 +272,55 @@ def test_predict_rejects_task_count_mismatch() -> None:
         fast = learner.adapt(sx, sy)
     with pytest.raises(ValueError, match="x must be"):
         learner.predict(fast, qx[:2])
+
+
+def ref_query_logits(theta: list[Tensor], data: tuple[Tensor, ...], lr: float, steps: int, first_order: bool):
+    """Query logits [T, Q, C] after ``steps`` inner steps from ``theta``, by a per-task autograd loop."""
+    sx, sy, qx, _ = data
+    out = []
+    for t in range(sx.shape[0]):
+        fast = list(theta)
+        for _ in range(steps):
+            loss = F.cross_entropy(ref_forward(fast, sx[t]), sy[t])
+            grads = torch.autograd.grad(loss, fast, create_graph=not first_order)
+            fast = [p - lr * g for p, g in zip(fast, grads, strict=True)]
+        out.append(ref_forward(fast, qx[t]))
+    return torch.stack(out)
+
+
+def test_ensemble_predicts_mean_logits_and_differentiates_through_every_member() -> None:
+    data = sx, sy, qx, qy = episode()
+    a = make_model()
+    torch.manual_seed(1)
+    b = MLP(D, (8, 8), C).to(DT)
+    ensemble = Ensemble(
+        {
+            "maml": MAML(a, inner_lr=0.5, inner_steps=2),
+            "fomaml": MAML(b, inner_lr=0.3, inner_steps=1, first_order=True),
+        }
+    )
+    params = ensemble.adapt(sx, sy)
+    assert sorted(params) == sorted(f"{m}/{k}" for m in ("maml", "fomaml") for k, _ in a.named_parameters())
+    logits = ensemble.predict(params, qx)
+    loss = F.cross_entropy(logits.flatten(0, 1), qy.flatten())
+    grads = torch.autograd.grad(loss, [*a.parameters(), *b.parameters()])
+
+    theta_a = [p.detach().clone().requires_grad_() for p in a.parameters()]
+    theta_b = [p.detach().clone().requires_grad_() for p in b.parameters()]
+    ref = (ref_query_logits(theta_a, data, 0.5, 2, False) + ref_query_logits(theta_b, data, 0.3, 1, True)) / 2
+    torch.testing.assert_close(logits, ref, rtol=1e-10, atol=1e-10)
+    ref_loss = F.cross_entropy(ref.flatten(0, 1), qy.flatten())
+    assert_close_lists(list(grads), list(torch.autograd.grad(ref_loss, theta_a + theta_b)))
+
+
+def test_one_member_ensemble_is_its_member_and_bad_members_are_refused() -> None:
+    (sx, sy, qx, _), learner = episode(), MetaSGD(make_model(), inner_lr=0.1)
+    alone = learner.predict(learner.adapt(sx, sy), qx)
+    one = Ensemble({"metasgd": learner})
+    assert torch.equal(one.predict(one.adapt(sx, sy), qx), alone)
+    with pytest.raises(KeyError, match="no adapted parameters for ensemble member 'metasgd'"):
+        one.predict({"maml/w": torch.zeros(1)}, qx)
+    with pytest.raises(ValueError, match="at least one member"):
+        Ensemble({})
+    with pytest.raises(ValueError, match=r"may not contain '/' or '.': \['a/b'\]"):
+        Ensemble({"a/b": learner})

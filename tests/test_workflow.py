@@ -21,6 +21,7 @@ from metashield.cli import main
 from metashield.config import load_config
 from metashield.evaluation.baselines import learner_scorer
 from metashield.evaluation.protocol import mean_metric, run_protocol
+from metashield.robustness import attack_run
 from metashield.runs import episode_sets, load_model, load_run
 from metashield.workflow import evaluate_run, train_run
 
@@ -358,18 +359,19 @@ def test_evaluate_ensemble_averages_the_named_meta_learners_and_competes_on_meta
     assert not (run / "bad.json").exists()
 
 
-def test_attack_defaults_to_the_best_attackable_single_learner_when_val_chose_the_ensemble(
-    synthetic_run, tmp_path
-):
-    """`attack` without --methods attacks metrics.json's best meta-learner; where that is the ensemble
-    candidate (no checkpoint of its own), the trained learner with the best meta-val score stands in."""
+def test_attack_defaults_to_the_val_choice_the_ensemble_included(synthetic_run, tmp_path):
+    """`attack` without --methods attacks metrics.json's best meta-learner: the ensemble candidate as one
+    model (its members as evaluated), attacked through all of them; where the threat cannot attack the
+    choice (ProtoNet through adaptation), the attackable learner with the best meta-val score stands in."""
     import shutil
 
+    from metashield.meta import Ensemble
     from metashield.robustness import _learners
 
     run = tmp_path / "run"
     shutil.copytree(synthetic_run[0], run)
     metrics = json.loads((run / "metrics.json").read_text())
+    metrics["protocol"]["ensemble"] = ["maml", "metasgd"]
     entry = metrics["shots"]["5"]
     entry["best_meta_learner"] = "ensemble"
     entry["val_tpr@1%fpr"].update({a: 0.5 for a in ("maml", "metasgd", "reptile", "anil", "protonet")})
@@ -377,7 +379,20 @@ def test_attack_defaults_to_the_best_attackable_single_learner_when_val_chose_th
     (run / "metrics.json").write_text(json.dumps(metrics))
     config, prep, meta = load_run(run)
     chosen = _learners(run, config, prep, meta, None, 5, torch.device("cpu"), "query")
-    assert list(chosen) == ["fomaml", "finetune"]
+    assert list(chosen) == ["ensemble", "finetune"] and isinstance(chosen["ensemble"], Ensemble)
+    assert list(chosen["ensemble"].members) == ["maml", "metasgd"]
+
+    report = attack_run(run, methods=["ensemble"], eps=[3.0], episodes=2, out_name="ens_attack.json")
+    r = report["methods"]["ensemble"]
+    assert sum(r["violations"].values()) == 0
+    assert r["robust_tpr@1%fpr"]["3.0"]["mean"] < r["clean_tpr@1%fpr"]["mean"] - 0.2, r
+
+    entry["best_meta_learner"] = "protonet"
+    for val_ensemble, stand_in in ((0.9, "ensemble"), (0.55, "fomaml")):
+        entry["val_tpr@1%fpr"]["ensemble"] = val_ensemble
+        (run / "metrics.json").write_text(json.dumps(metrics))
+        chosen = _learners(run, config, prep, meta, None, 5, torch.device("cpu"), "support")
+        assert list(chosen) == [stand_in, "finetune"]
 
 
 def test_scratch_baseline_scores_the_same_whatever_ran_before(synthetic_run):
