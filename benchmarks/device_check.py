@@ -3,7 +3,8 @@
     python benchmarks/device_check.py
 
 Checks, in float64 on synthetic data (no dataset needed): MAML's second-order meta-gradient and Meta-SGD's,
-the constrained PGD/APGD attacks (autograd and closed-form objectives) and ``robust_evaluate`` give the same
+the meta-gradient of a MAML + Meta-SGD ``Ensemble`` and a constrained PGD through its adapted members, the
+constrained PGD/APGD attacks (autograd and closed-form objectives) and ``robust_evaluate`` give the same
 numbers on ``cuda`` as on ``cpu``; then times one float32 PGD-20 on 4,096 rows on each device.
 """
 
@@ -21,7 +22,7 @@ from metashield.attacks.fast_mlp import MLPObjective, mlp_layers
 from metashield.data import FeaturePipeline, TabularData
 from metashield.data.schema import FeatureSpec, ThreatSchema
 from metashield.evaluation.robust import robust_evaluate
-from metashield.meta import MAML, MetaSGD
+from metashield.meta import MAML, Ensemble, MetaSGD
 from metashield.models import MLP
 
 
@@ -68,6 +69,30 @@ def _meta_grads(device: str, cls) -> list[torch.Tensor]:
     return [p.grad.cpu() for p in learner.parameters()]
 
 
+def _ensemble(device: str, x: torch.Tensor, constraints) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """(meta-gradient of a MAML + Meta-SGD ensemble's query loss, its PGD adversarial examples of x)."""
+    members = {}
+    for name, cls in (("maml", MAML), ("metasgd", MetaSGD)):
+        torch.manual_seed(len(members))
+        members[name] = cls(MLP(x.shape[1], (16,), 2).double(), inner_lr=0.1, inner_steps=3)
+    ensemble = Ensemble(members).to(device)
+    gen = torch.Generator().manual_seed(2)
+    idx = torch.randperm(len(x), generator=gen)
+    sx, qx = x[idx[:20]].reshape(2, 10, -1).to(device), x[idx[20:44]].reshape(2, 12, -1).to(device)
+    sy, qy = (torch.randint(0, 2, (2, n), generator=gen).to(device) for n in (10, 12))
+    logits = ensemble.predict(ensemble.adapt(sx, sy), qx)
+    torch.nn.functional.cross_entropy(logits.flatten(0, 1), qy.flatten()).backward()
+    grads = [p.grad.cpu() for p in ensemble.parameters()]
+    with torch.no_grad():
+        params = ensemble.adapt(sx, sy)
+    objective = classifier_objective(lambda z: ensemble.predict(params, z), torch.ones_like(qy), "ce")
+    attack = get_attack("pgd", random_start=False)
+    adv, _ = perturb(objective, qx, attack=attack, eps=1.0, constraints=constraints)
+    bad = constraints.to(adv).violations(adv.flatten(0, 1), qx.flatten(0, 1), 1.0)
+    assert sum(bad.values()) == 0, (device, "ensemble", bad)
+    return grads, adv.cpu()
+
+
 def main() -> int:
     if not torch.cuda.is_available():
         print("no CUDA device: nothing to check")
@@ -80,6 +105,11 @@ def main() -> int:
         print(f"{cls.__name__} meta-gradient, max |cpu - cuda|: {worst:.2e}")
     x, constraints = _constraints()
     x = x.double()[:64]
+    (grads_cpu, adv_cpu), (grads_cuda, adv_cuda) = (_ensemble(d, x, constraints) for d in ("cpu", "cuda"))
+    ens_grad = max(float((a - b).abs().max()) for a, b in zip(grads_cpu, grads_cuda, strict=True))
+    ens_adv = float((adv_cpu - adv_cuda).abs().max())
+    print(f"Ensemble meta-gradient, max |cpu - cuda|: {ens_grad:.2e}; its PGD examples: {ens_adv:.2e}")
+    worst = max(worst, ens_grad, ens_adv)
     torch.manual_seed(0)
     model = MLP(x.shape[1], (32,), 2).double()
     y = torch.ones(64, dtype=torch.int64)
