@@ -92,9 +92,10 @@ def _read_metrics(run: Path) -> dict | None:
         return None
     try:
         metrics = json.loads(path.read_text(encoding="utf-8"))
-        metrics["shots"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+    except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: expected the JSON report of `metashield evaluate` ({exc!r})") from None
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("shots"), dict):
+        raise ValueError(f"{path}: expected the JSON report of `metashield evaluate`, with a 'shots' table")
     return metrics
 
 
@@ -306,9 +307,10 @@ def load_adapted(run: str | os.PathLike) -> Adapted:
     names = record.get("members", [record["algorithm"]])
     if record["format"] != FORMAT:  # version 1: one model under plain parameter names
         tensors = {f"{names[0]}/{k}": v for k, v in tensors.items()}
+    missing = [n for n in names if not any(k.startswith(f"{n}/") for k in tensors)]
+    if missing:
+        raise ValueError(f"{run / 'adapted.safetensors'}: no adapted parameters for members {missing}")
     learner = Ensemble({n: load_model(config, int(record["in_dim"]), run, n, n) for n in names}).eval()
-    for name in names:
-        learner.member_params(tensors, name)  # a missing member fails here, not at the first prediction
     return Adapted(
         record,
         learner,

@@ -173,6 +173,12 @@ def test_an_ensemble_chosen_on_meta_val_deploys_the_members_it_was_evaluated_wit
     )
     with pytest.raises(ValueError, match="evaluated without evaluate.ensemble"):
         analyst.choose_algorithm(tmp_path, ["maml"], 5, "ensemble", [])
+    for text in ("[1]", '{"shots": 3}', "{"):
+        (tmp_path / "metrics.json").write_text(text)
+        with pytest.raises(
+            ValueError, match="metrics.json: expected the JSON report of `metashield evaluate`"
+        ):
+            analyst.choose_algorithm(tmp_path, ["maml"], 5, None, [])
 
 
 def test_adapted_ensemble_scores_are_the_mean_of_its_members(trained, tmp_path):
@@ -228,6 +234,12 @@ def test_adapted_runs_of_format_1_are_still_read(trained, adapted, tmp_path):
     record["format"] = "metashield-adapted/0"
     save_checkpoint(old, analyst.ADAPTED, tensors, record)
     with pytest.raises(ValueError, match="format 'metashield-adapted/0', expected one of"):
+        analyst.load_adapted(old)
+    record |= {"format": analyst.FORMAT, "members": ["maml", "fomaml"]}
+    save_checkpoint(old, analyst.ADAPTED, tensors, record)
+    with pytest.raises(
+        ValueError, match=r"adapted.safetensors: no adapted parameters for members \['fomaml'\]"
+    ):
         analyst.load_adapted(old)
 
 
