@@ -7,7 +7,9 @@ finished runs are reused). The best meta-learner and the best baseline are chose
 each run; this script only pools the test results and writes ``quality.json`` and ``quality.md``.
 
 A finished run is reused only if it was made with the same protocol: the same config outside the keys that
-choose families, and the same meta-train / meta-val / test families.
+choose families, and the same meta-train / meta-val / test families. Its trained models are re-evaluated
+(``metrics.json`` rewritten) when its metrics were made with other ``evaluate.baselines`` or
+``evaluate.ensemble`` than the config gives, since those need no training.
 """
 
 from __future__ import annotations
@@ -30,13 +32,40 @@ METRIC = "tpr@1%fpr"
 
 
 FAMILY_KEYS = ("val_families", "test_families", "never_test", "n_val", "n_test", "min_rows")
+# Evaluation options that `evaluate_run` can apply to a trained run without training again.
+REEVALUATE_KEYS = ("baselines", "ensemble")
 
 
 def _protocol(config: Config) -> dict:
-    """The config without the keys that only choose families (their result is compared instead)."""
+    """The config without the keys that only choose families (their result is compared instead) and
+    without the evaluation options a finished run can be re-evaluated with."""
     d = config.model_dump(mode="json")
     d["split"] = {k: v for k, v in d["split"].items() if k not in FAMILY_KEYS}
+    d["evaluate"] = {k: v for k, v in d["evaluate"].items() if k not in REEVALUATE_KEYS}
     return d
+
+
+def _evaluated_with(metrics: dict) -> dict:
+    """The ``REEVALUATE_KEYS`` a ``metrics.json`` was made with (sorted baselines; ensemble as listed)."""
+    shots = metrics["shots"].values()
+    return {
+        "baselines": sorted({b for s in shots for b in s["tuned_baselines"]}),
+        "ensemble": metrics["protocol"].get("ensemble", []),
+    }
+
+
+_FAMILIES: dict[str, dict] = {}
+
+
+def _families(config: Config) -> dict:
+    """The family split ``config`` gives. It depends on the data and split settings only, and loading the data
+    is the slow part, so it is computed once per split rather than once per run."""
+    key = json.dumps(
+        [config.data.model_dump(mode="json"), config.split.model_dump(mode="json")], sort_keys=True
+    )
+    if key not in _FAMILIES:
+        _FAMILIES[key] = prepare(config).split.to_dict()
+    return _FAMILIES[key]
 
 
 def run_one(out: Path, split: int, seed: int, overrides: list[str], episodes: int | None) -> dict:
@@ -49,9 +78,19 @@ def run_one(out: Path, split: int, seed: int, overrides: list[str], episodes: in
         return evaluate_run(run, episodes_per_family=episodes)
     # Parsed, so that keys added to the config since the run was made take their defaults.
     saved, meta = load_run_config(run)
-    if _protocol(saved) != _protocol(config) or meta["split"] != prepare(config).split.to_dict():
+    if _protocol(saved) != _protocol(config) or meta["split"] != _families(config):
         raise SystemExit(f"{run} was made with another protocol than these options give: use another --out")
-    return json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    wanted = {"baselines": sorted(config.evaluate.baselines), "ensemble": list(config.evaluate.ensemble)}
+    if _evaluated_with(metrics) == wanted:
+        return metrics
+    logging.getLogger(__name__).info("%s: re-evaluating with %s", run, wanted)
+    return evaluate_run(
+        run,
+        episodes_per_family=episodes,
+        baselines=list(config.evaluate.baselines),
+        ensemble=list(config.evaluate.ensemble),
+    )
 
 
 def bootstrap_ci(
