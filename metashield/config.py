@@ -20,7 +20,8 @@ USER_FILE_DATASETS = ("unsw-nb15",)
 _CAMPAIGNS = ["data.families={kind: campaigns}", "split.n_val=2", "split.n_test=3", "split.min_rows=11"]
 
 DATASET_DEFAULTS: dict[str, list[str]] = {
-    "nsl-kdd": [],
+    # As configs/nsl_kdd.yaml: the run's Meta-SGD, MAML and FOMAML averaged are one more candidate.
+    "nsl-kdd": ["evaluate.ensemble=[metasgd, maml, fomaml]"],
     "kdd99": ["split.n_val=3", "split.n_test=5"],
     "unsw-nb15": ["split.n_val=2", "split.n_test=3"],
     "spambase": _CAMPAIGNS,

@@ -36,6 +36,7 @@ def test_config_matches_the_demo_defaults(path: Path):
     config = load_config(path)
     defaults = load_config(None, DATASET_DEFAULTS[config.data.dataset])
     assert config.data.families.kind == defaults.data.families.kind
+    assert config.evaluate.ensemble == defaults.evaluate.ensemble
     # NSL-KDD names its meta-val families explicitly (docs/tuning.md); the others draw them.
     if config.data.dataset != "nsl-kdd":
         assert (config.split.n_val, config.split.n_test) == (defaults.split.n_val, defaults.split.n_test)
