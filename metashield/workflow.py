@@ -21,7 +21,6 @@ from metashield.evaluation.baselines import (
     ENSEMBLE,
     Scorer,
     benign_replay,
-    ensemble_scorer,
     finetune_scorer,
     knn_scorer,
     learner_scorer,
@@ -37,6 +36,7 @@ from metashield.evaluation.report import (
     summarise_method,
 )
 from metashield.experiment import Prepared, prepare
+from metashield.meta import Ensemble
 from metashield.meta.objectives import tail_cross_entropy
 from metashield.runs import (
     build_model,
@@ -317,7 +317,8 @@ def evaluate_run(
             val_scores[a] = mean_score(methods[a], val_sets, name=a)
         meta_learners = list(learners)
         if ec.ensemble:
-            methods[ENSEMBLE] = ensemble_scorer([methods[a] for a in ec.ensemble])
+            # The very learner `adapt` deploys and `attack` attacks when meta-val chooses it.
+            methods[ENSEMBLE] = learner_scorer(Ensemble({a: learners[a] for a in ec.ensemble}))
             val_scores[ENSEMBLE] = mean_score(methods[ENSEMBLE], val_sets, name=ENSEMBLE)
             meta_learners.append(ENSEMBLE)
         for b in ec.baselines:

@@ -43,7 +43,10 @@ ENSEMBLE = "ensemble"
 
 
 def ensemble_scorer(members: list[Scorer]) -> Scorer:
-    """Mean of the members' scores [E, M], each adapted on the same support set (members on one scale)."""
+    """Mean of the members' scores [E, M], each adapted on the same support set (members on one scale).
+
+    For scorers of different runs (seed ensembles in benchmarks/); the ``evaluate.ensemble`` candidate of one
+    run is ``learner_scorer(meta.Ensemble(...))``, the learner ``adapt`` deploys."""
 
     def score(sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor) -> np.ndarray:
         return np.mean([m(sx, sy, qx) for m in members], axis=0)

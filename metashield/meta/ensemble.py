@@ -1,7 +1,8 @@
 """A mean-logit ensemble of learners that adapt on the same support set.
 
-It is the ``ensemble`` candidate of ``metashield evaluate`` as a learner with ``adapt``/``predict``, so that
-``adapt`` can deploy it and ``attack`` can attack it end to end (gradients flow through every member).
+It is the ``ensemble`` candidate of ``metashield evaluate`` (``evaluate.ensemble``): the one object that
+``evaluate`` scores, ``adapt`` deploys and ``attack`` attacks end to end (gradients flow through every
+member).
 """
 
 from __future__ import annotations
@@ -15,9 +16,8 @@ from torch import Tensor, nn
 class Ensemble(nn.Module):
     """Members adapt on the same support set on their own; predictions are the mean of their logits.
 
-    For two classes the logit margin z1 - z0 of the mean is the mean of the members' margins, the score
-    ``evaluation.baselines.ensemble_scorer`` averages. ``adapt`` returns every member's parameters in one dict
-    keyed ``<member>/<name>``.
+    For two classes the logit margin z1 - z0 of the mean is the mean of the members' margins (up to float
+    rounding). ``adapt`` returns every member's parameters in one dict keyed ``<member>/<name>``.
     """
 
     def __init__(self, members: Mapping[str, nn.Module]):
