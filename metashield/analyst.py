@@ -18,7 +18,6 @@ row is flagged iff score > threshold, strictly (``evaluation.metrics``).
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import shutil
@@ -41,7 +40,7 @@ from metashield.evaluation.baselines import ENSEMBLE
 from metashield.evaluation.metrics import smallest_fpr_step, threshold_at_fpr
 from metashield.meta import Ensemble
 from metashield.raw_rows import RawRows, read_rows, schema_from_dict, schema_to_dict
-from metashield.runs import load_model, load_run
+from metashield.runs import ensemble_members, load_model, load_run, read_metrics
 
 log = logging.getLogger(__name__)
 
@@ -86,31 +85,17 @@ def _trained(config: Config, run: Path) -> list[str]:
     return trained
 
 
-def _read_metrics(run: Path) -> dict | None:
-    path = run / "metrics.json"
-    if not path.is_file():
-        return None
-    try:
-        metrics = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: expected the JSON report of `metashield evaluate` ({exc!r})") from None
-    if not isinstance(metrics, dict) or not isinstance(metrics.get("shots"), dict):
-        raise ValueError(f"{path}: expected the JSON report of `metashield evaluate`, with a 'shots' table")
-    return metrics
-
-
 def choose_algorithm(
     run: Path, trained: list[str], n_family: int, requested: str | None, ensemble: list[str]
 ) -> tuple[str, list[str], str]:
     """(algorithm, members, why chosen): ``requested``; else ``metrics.json``'s best meta-learner (chosen on
     meta-val) at the shot count nearest ``n_family`` (ties: the smaller); else the first trained algorithm.
 
-    ``ENSEMBLE`` deploys the members ``metrics.json`` evaluated it with (``ensemble``, the run config's
-    ``evaluate.ensemble``, where the report does not say); any other algorithm is its own only member.
+    ``ENSEMBLE`` deploys ``runs.ensemble_members`` (``ensemble``: the run config's ``evaluate.ensemble``);
+    any other algorithm is its own only member.
     """
-    metrics = _read_metrics(run)
-    if metrics is not None and "ensemble" in metrics.get("protocol", {}):
-        ensemble = list(metrics["protocol"]["ensemble"])
+    metrics = read_metrics(run)
+    ensemble = ensemble_members(metrics, ensemble)
     if requested is not None:
         why = "requested"
         best = requested

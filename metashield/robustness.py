@@ -13,7 +13,6 @@ Two threat models on the run's meta-test episodes (the ones ``evaluate`` scores)
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,7 +43,14 @@ from metashield.evaluation.metrics import (
 )
 from metashield.evaluation.robust import pool_sanity, robust_evaluate
 from metashield.meta import Ensemble, ProtoNet
-from metashield.runs import best_on_val, held_out_episode_sets, load_model, load_run
+from metashield.runs import (
+    best_on_val,
+    ensemble_members,
+    held_out_episode_sets,
+    load_model,
+    load_run,
+    read_metrics,
+)
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +87,9 @@ def _learners(
     query threat also ProtoNet, 1-NN and logistic regression."""
     in_dim = int(meta["in_dim"])
     metrics_path = run_dir / "metrics.json"
-    report = {}
-    if metrics_path.is_file():
-        report = json.loads(metrics_path.read_text(encoding="utf-8"))
+    report = read_metrics(run_dir) or {}
     metrics = report.get("shots", {}).get(str(shots), {})
-    members = report.get("protocol", {}).get("ensemble") or list(config.evaluate.ensemble)
+    members = ensemble_members(report, list(config.evaluate.ensemble))
     attackable = GRADIENT_LEARNERS + (QUERY_ONLY_LEARNERS if threat == "query" else ())
     available = [a for a in config.train.algorithms if a in attackable and has_checkpoint(run_dir, a)]
     if members and all(m in available for m in members):

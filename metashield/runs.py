@@ -64,6 +64,28 @@ def prepare_saved(config: Config, meta: dict) -> Prepared:
     )
 
 
+def read_metrics(run_dir: str | Path) -> dict | None:
+    """The run's ``metrics.json`` (the report of ``metashield evaluate``), or None where it has none."""
+    path = Path(run_dir) / "metrics.json"
+    if not path.is_file():
+        return None
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: expected the JSON report of `metashield evaluate` ({exc!r})") from None
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("shots"), dict):
+        raise ValueError(f"{path}: expected the JSON report of `metashield evaluate`, with a 'shots' table")
+    return metrics
+
+
+def ensemble_members(metrics: dict | None, configured: list[str]) -> list[str]:
+    """Members of a run's ``ensemble`` candidate: those its ``metrics.json`` was evaluated with (``evaluate
+    --ensemble`` may have replaced the config's), else ``configured``, the run config's ``evaluate.ensemble``.
+    """
+    evaluated = (metrics or {}).get("protocol", {}).get("ensemble")
+    return list(evaluated or configured)
+
+
 def best_on_val(entry: dict, candidates: list[str]) -> str | None:
     """Of ``candidates``, the one with the best meta-val score in a ``metrics.json`` shot entry (ties: the
     first); None when none of them was scored. For ``attack``, which attacks one model, where the val choice
