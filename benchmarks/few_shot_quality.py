@@ -24,7 +24,7 @@ import numpy as np
 from metashield._atomic import atomic_write_json, atomic_write_text
 from metashield.config import Config, load_config
 from metashield.experiment import prepare
-from metashield.runs import load_run_config
+from metashield.runs import load_run_config, read_metrics
 from metashield.workflow import evaluate_run, train_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,14 +73,14 @@ def run_one(out: Path, split: int, seed: int, overrides: list[str], episodes: in
     config = load_config(
         REPO / "configs" / "nsl_kdd.yaml", [f"split.seed={split}", f"seed={seed}", *overrides]
     )
-    if not (run / "metrics.json").is_file():
+    metrics = read_metrics(run)
+    if metrics is None:
         train_run(config, run, resume=run.exists(), progress=False)
         return evaluate_run(run, episodes_per_family=episodes)
     # Parsed, so that keys added to the config since the run was made take their defaults.
     saved, meta = load_run_config(run)
     if _protocol(saved) != _protocol(config) or meta["split"] != _families(config):
         raise SystemExit(f"{run} was made with another protocol than these options give: use another --out")
-    metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
     wanted = {"baselines": sorted(config.evaluate.baselines), "ensemble": list(config.evaluate.ensemble)}
     if _evaluated_with(metrics) == wanted:
         return metrics
