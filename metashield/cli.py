@@ -113,6 +113,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         episodes_per_family=args.episodes,
         baselines=args.baselines,
         ensemble=args.ensemble,
+        novelty=args.novelty,
         out_name=args.out_name,
     )
     print(report["table"])
@@ -307,6 +308,14 @@ def build_parser() -> argparse.ArgumentParser:
         "candidate, `ensemble`, e.g. metasgd,maml,fomaml (default: the run config's evaluate.ensemble)",
     )
     ev.add_argument(
+        "--novelty",
+        type=_csv_names,
+        help="comma-separated methods (meta-learners, ensemble, baselines) that each get one more candidate, "
+        "`<method>+novelty`: blended with the distance to the nearest benign training rows, weight and k "
+        "chosen on meta-val; give both sides one, e.g. metasgd,ensemble,finetune,logreg-replay (default: the "
+        "run config's evaluate.novelty)",
+    )
+    ev.add_argument(
         "--out-name",
         default="metrics.json",
         help="file written inside the run directory (`attack` reads tuned baselines from metrics.json)",
@@ -371,8 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
     ad.add_argument("--out", type=Path, required=True, help="new adapted-run directory (must not exist)")
     ad.add_argument(
         "--algorithm",
-        help="meta-learner to adapt, or 'ensemble' for the members of evaluate.ensemble (default: the best "
-        "on meta-val in metrics.json, the ensemble included)",
+        help="meta-learner to adapt, 'ensemble' for the members of evaluate.ensemble, or a blend "
+        "`<method>+novelty` that evaluate scored (default: the best on meta-val in metrics.json, the "
+        "ensemble and blends included)",
     )
     ad.add_argument("--label-column", default="label")
     ad.add_argument("--benign-label", default="benign")

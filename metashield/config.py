@@ -257,6 +257,30 @@ class TrainConfig(_Strict):
         return self
 
 
+class NoveltyConfig(_Strict):
+    """``evaluate.novelty``: blends of some methods with benign novelty (``evaluation.novelty``)."""
+
+    methods: list[str] = Field(min_length=1)
+    """Methods of the run (meta-learners, ``ensemble``, baselines) that get a ``<method>+novelty`` candidate
+    on their own side of the val choice; give both sides the blend, or the comparison is unfair."""
+    ks: list[int] = Field(default_factory=lambda: [1, 5, 20])
+    """Neighbour ranks searched on meta-val."""
+    weights: list[float] = Field(default_factory=lambda: [0.25, 0.5, 0.75])
+    """Weights w of the margin searched on meta-val; novelty gets 1 - w."""
+    reference_rows: int = Field(500, ge=2)
+    """Benign TRAINING rows held out of the neighbour index, on which both parts are scaled."""
+
+    @model_validator(mode="after")
+    def _check(self) -> NoveltyConfig:
+        if len(set(self.methods)) != len(self.methods):
+            raise ValueError(f"evaluate.novelty.methods: listed twice in {self.methods}")
+        if not self.ks or min(self.ks) < 1:
+            raise ValueError(f"evaluate.novelty.ks: neighbour ranks >= 1, got {self.ks}")
+        if not self.weights or not all(0 < w < 1 for w in self.weights):
+            raise ValueError(f"evaluate.novelty.weights: each strictly between 0 and 1, got {self.weights}")
+        return self
+
+
 class EvaluateConfig(_Strict):
     shots: list[int] = Field(default_factory=lambda: [1, 5, 10])
     base_rate: float | None = Field(None, gt=0, lt=1)
@@ -279,6 +303,8 @@ class EvaluateConfig(_Strict):
     ensemble: list[Algorithm] = Field(default_factory=list)
     """Meta-learners of the run whose adapted logit margins are averaged into one more meta-learner,
     ``ensemble``, a candidate for the val-chosen best meta-learner (empty: none)."""
+    novelty: NoveltyConfig | None = None
+    """Blends with benign novelty, each one more candidate for the val choice (null: none)."""
 
     @model_validator(mode="after")
     def _check(self) -> EvaluateConfig:
@@ -307,6 +333,17 @@ class Config(_Strict):
         extra = [a for a in self.evaluate.ensemble if a not in self.train.algorithms]
         if extra:
             raise ValueError(f"evaluate.ensemble: {extra} not in train.algorithms {self.train.algorithms}")
+        if self.evaluate.novelty is not None:
+            known = [
+                *self.train.algorithms,
+                *(["ensemble"] if self.evaluate.ensemble else []),
+                *self.evaluate.baselines,
+            ]
+            unknown = [m for m in self.evaluate.novelty.methods if m not in known]
+            if unknown:
+                raise ValueError(
+                    f"evaluate.novelty.methods: {unknown} are not evaluated by this config ({known})"
+                )
         return self
 
 

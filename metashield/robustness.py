@@ -41,6 +41,7 @@ from metashield.evaluation.metrics import (
     threshold_at_fpr,
     tpr_at_fpr,
 )
+from metashield.evaluation.novelty import SUFFIX as NOVELTY
 from metashield.evaluation.robust import pool_sanity, robust_evaluate
 from metashield.meta import Ensemble, ProtoNet
 from metashield.runs import (
@@ -97,7 +98,7 @@ def _learners(
     if methods is None:
         best = metrics.get("best_meta_learner")
         if best not in available:
-            # A learner this threat cannot attack.
+            # A learner this threat cannot attack (ProtoNet, a blend with benign novelty).
             best = best_on_val(metrics, available) or (available[0] if available else None)
         methods = [best] if best is not None else []
         if "finetune" in metrics.get("tuned_baselines", {}):
@@ -138,6 +139,8 @@ def _learners(
             why = " (ProtoNet has no inner loop to attack through)" if name in QUERY_ONLY_LEARNERS else ""
             if name in QUERY_ONLY_BASELINES:
                 why = " (scikit-learn's fit on the support set has no gradient)"
+            if name.endswith(NOVELTY):
+                why = " (blends with benign novelty are not attackable yet; attack the method it blends)"
             others = "'finetune', 'knn', 'logreg', 'logreg-replay'" if threat == "query" else "'finetune'"
             raise ValueError(
                 f"method {name!r} cannot be attacked in {run_dir} under the {threat} threat{why}: "

@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from metashield.checkpoint import load_checkpoint
 from metashield.config import Config, config_from_dict
 from metashield.data import FeaturePipeline
 from metashield.data.download import file_sha256
+from metashield.evaluation.novelty import NoveltyTable
 from metashield.evaluation.protocol import build_episode_sets
 from metashield.experiment import Prepared, data_files, prepare
 from metashield.models import MLP
@@ -145,6 +147,31 @@ def episode_sets(
         seed=seed,
         device=device,
     )
+
+
+def novelty_rows(config: Config, prep: Prepared, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(neighbour index, reference rows) float32 of ``evaluate.novelty``: the benign TRAINING slice, less
+    ``n`` (``reference_rows``) rows drawn with the run's seed, on which the blend's parts are scaled.
+    ``evaluate`` scores with these and ``adapt`` deploys these."""
+    benign = prep.replay_pool().astype(np.float32)
+    if n >= len(benign):
+        raise ValueError(
+            f"evaluate.novelty.reference_rows = {n}, but the benign training slice has {len(benign)} rows"
+        )
+    pick = np.zeros(len(benign), dtype=bool)
+    pick[np.random.default_rng(config.seed + 7).choice(len(benign), n, replace=False)] = True
+    return benign[~pick], benign[pick]
+
+
+def novelty_table(config: Config, prep: Prepared) -> tuple[NoveltyTable, torch.Tensor]:
+    """(distances of every row an evaluation episode can query and of the reference rows, reference rows)
+    for ``evaluate.novelty``: queries come from the val and test families and benign slices only."""
+    assert config.evaluate.novelty is not None
+    index, reference = novelty_rows(config, prep, config.evaluate.novelty.reference_rows)
+    queried = np.isin(prep.family, [*prep.split.val, *prep.split.test])
+    queried[prep.benign["val"]] = queried[prep.benign["test"]] = True
+    rows = np.concatenate([prep.X[queried].astype(np.float32), reference])
+    return NoveltyTable(rows, index, config.evaluate.novelty.ks), torch.from_numpy(reference)
 
 
 def tuning_episode_sets(config: Config, prep: Prepared, shots: int, device: torch.device) -> dict:

@@ -28,6 +28,8 @@ from metashield.evaluation.baselines import (
     pretrain,
     scratch_scorer,
 )
+from metashield.evaluation.novelty import SUFFIX as NOVELTY
+from metashield.evaluation.novelty import novelty_scorer, tune_blend
 from metashield.evaluation.protocol import mean_score, run_protocol
 from metashield.evaluation.report import (
     format_family_table,
@@ -44,6 +46,7 @@ from metashield.runs import (
     held_out_episode_sets,
     load_model,
     load_run,
+    novelty_table,
     prepare_saved,
     run_metadata,
     tuning_episode_sets,
@@ -259,16 +262,27 @@ def evaluate_run(
     out_name: str = "metrics.json",
     baselines: list[str] | None = None,
     ensemble: list[str] | None = None,
+    novelty: list[str] | None = None,
 ) -> dict:
     """Tune on meta-val, then score every method on identical meta-test episodes; writes ``metrics.json``.
 
-    baselines, ensemble: replace the run config's ``evaluate.baselines`` (e.g. one added after the run was
-    trained) and ``evaluate.ensemble`` (the meta-learners averaged into the ``ensemble`` candidate).
+    baselines, ensemble, novelty: replace the run config's ``evaluate.baselines`` (e.g. one added after the
+    run was trained), ``evaluate.ensemble`` (the meta-learners averaged into the ``ensemble`` candidate) and
+    ``evaluate.novelty``'s methods (each blended with benign novelty; its other settings stay the config's).
     """
     run_dir = Path(run_dir)
     check_file_name(out_name, "out_name")
     config, prep, meta = load_run(run_dir)
-    changes = {k: v for k, v in (("baselines", baselines), ("ensemble", ensemble)) if v is not None}
+    novelty_settings = config.evaluate.novelty.model_dump() if config.evaluate.novelty else {}
+    changes = {
+        k: v
+        for k, v in (
+            ("baselines", baselines),
+            ("ensemble", ensemble),
+            ("novelty", None if novelty is None else {**novelty_settings, "methods": novelty}),
+        )
+        if v is not None
+    }
     if changes:
         # Validated by the config model, so a value a config file could not hold is refused here too.
         tree = {**config.model_dump(), "evaluate": {**config.evaluate.model_dump(), **changes}}
@@ -305,9 +319,12 @@ def evaluate_run(
             "val_families": prep.split.val,
             "selection": "every hyper-parameter and the best methods are chosen on meta-val families only",
             "ensemble": list(ec.ensemble),
+            **({"novelty": ec.novelty.model_dump()} if ec.novelty else {}),
         },
         "shots": {},
     }
+    if ec.novelty:
+        table, reference = novelty_table(config, prep)
     tables = []
     for k in shots:
         val_sets = tuning_episode_sets(config, prep, k, device)
@@ -321,15 +338,27 @@ def evaluate_run(
             methods[ENSEMBLE] = learner_scorer(Ensemble({a: learners[a] for a in ec.ensemble}))
             val_scores[ENSEMBLE] = mean_score(methods[ENSEMBLE], val_sets, name=ENSEMBLE)
             meta_learners.append(ENSEMBLE)
-        for b in ec.baselines:
+        baselines = list(ec.baselines)
+        for b in baselines:
             params, score, trace = tune_baseline(
                 grids[b], lambda b=b, **p: make_baseline(b, p), val_sets, f"{k}-shot {b}"
             )
             tuned[b] = {"params": params, "val_tpr@1%fpr": score, "searched": trace}
             methods[b] = make_baseline(b, params)
             val_scores[b] = score
+        blends = {}
+        for m in ec.novelty.methods if ec.novelty else ():
+            best, trace = tune_blend(methods[m], val_sets, table, reference, ec.novelty.weights)
+            name = m + NOVELTY
+            log.info("%d-shot %s: best %s (meta-val TPR@1%%FPR %.3f)", k, name, best, best["val_tpr@1%fpr"])
+            methods[name] = novelty_scorer(
+                methods[m], table.column(best["k"]), best["novelty_scale"], reference, best["weight"]
+            )
+            val_scores[name] = best["val_tpr@1%fpr"]
+            blends[name] = {"method": m, **best, "searched": trace}
+            (meta_learners if m in meta_learners else baselines).append(name)
         best_meta = max(meta_learners, key=lambda a: val_scores[a])
-        best_base = max(ec.baselines, key=lambda b: val_scores[b]) if ec.baselines else None
+        best_base = max(baselines, key=lambda b: val_scores[b]) if baselines else None
 
         test_sets = held_out_episode_sets(config, prep, k, n_episodes, device)
         if not test_sets:
@@ -343,6 +372,7 @@ def evaluate_run(
             "best_meta_learner": best_meta,
             "best_baseline": best_base,
             "tuned_baselines": tuned,
+            **({"novelty": blends} if blends else {}),
             "benign_queries_per_episode": n_benign,
             "smallest_fpr_step": 1.0 / n_benign,
         }

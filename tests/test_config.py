@@ -110,3 +110,21 @@ def test_evaluate_ensemble_members_are_trained_distinct_logit_models():
             load_config(None, [f"evaluate.ensemble={value}"])
     with pytest.raises(ConfigError, match=r"evaluate.ensemble: \['fomaml'\] not in train.algorithms"):
         load_config(None, ["train.algorithms=[maml, metasgd]", "evaluate.ensemble=[metasgd, fomaml]"])
+
+
+def test_evaluate_novelty_names_evaluated_methods_and_valid_grids():
+    ok = load_config(
+        None, ["evaluate.ensemble=[metasgd, maml]", "evaluate.novelty={methods: [ensemble, finetune]}"]
+    )
+    assert ok.evaluate.novelty.methods == ["ensemble", "finetune"] and ok.evaluate.novelty.ks == [1, 5, 20]
+    for value, message in (
+        ("{methods: [ensemble]}", r"evaluate.novelty.methods: \['ensemble'\] are not evaluated"),
+        ("{methods: [scratch], weights: [0.5, 1.0]}", "evaluate.novelty.weights"),
+        ("{methods: [scratch], ks: [0, 5]}", "evaluate.novelty.ks"),
+        ("{methods: [scratch, scratch]}", "listed twice"),
+        ("{methods: []}", "evaluate.novelty.methods"),
+        ("{methods: [scratch], reference_rows: 1}", "evaluate.novelty.reference_rows"),
+        ("{methods: [scratch], k: 5}", "evaluate.novelty.k"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            load_config(None, [f"evaluate.novelty={value}"])

@@ -359,6 +359,65 @@ def test_evaluate_ensemble_averages_the_named_meta_learners_and_competes_on_meta
     assert not (run / "bad.json").exists()
 
 
+def test_evaluate_novelty_blends_each_listed_method_on_its_own_side(synthetic_run, capsys):
+    """``evaluate --novelty metasgd,finetune``: each method gets a ``+novelty`` candidate on its side of the
+    val choice, whose test figures are the blend recomputed by hand with scikit-learn's neighbour distances
+    to the benign training rows outside the reference rows; other methods keep their figures."""
+    from sklearn.neighbors import NearestNeighbors
+
+    from metashield.evaluation.report import summarise_method
+    from metashield.runs import held_out_episode_sets, novelty_rows
+
+    run, full = synthetic_run
+    args = ["--novelty", "metasgd,finetune", "--baselines", "finetune,knn", "--out-name", "nov.json"]
+    assert main(["evaluate", "--run", str(run), *args]) == 0
+    report = json.loads((run / "nov.json").read_text())
+    entry = report["shots"]["5"]
+    assert report["protocol"]["novelty"]["methods"] == ["metasgd", "finetune"]
+    assert set(entry["novelty"]) == {"metasgd+novelty", "finetune+novelty"}
+    meta = ("maml", "fomaml", "metasgd", "reptile", "anil", "protonet", "metasgd+novelty")
+    assert entry["best_meta_learner"] == max(meta, key=lambda a: entry["val_tpr@1%fpr"][a])
+    base = ("finetune", "knn", "finetune+novelty")
+    assert entry["best_baseline"] == max(base, key=lambda a: entry["val_tpr@1%fpr"][a])
+    assert entry["summary"]["metasgd"] == full["shots"]["5"]["summary"]["metasgd"]
+
+    config, prep, meta_json = load_run(run)
+    blend = entry["novelty"]["metasgd+novelty"]
+    assert len(blend["searched"]) == 9 and blend["method"] == "metasgd"
+    index, reference = novelty_rows(config, prep, report["protocol"]["novelty"]["reference_rows"])
+    assert len(index) + len(reference) == len(prep.benign["train"])
+    neighbours = NearestNeighbors(n_neighbors=blend["k"]).fit(index)
+    ref_distance = neighbours.kneighbors(reference)[0][:, -1]
+    assert blend["novelty_scale"] == pytest.approx(ref_distance.std(), rel=1e-5)
+    metasgd = learner_scorer(load_model(config, int(meta_json["in_dim"]), run, "metasgd", "metasgd"))
+
+    def by_hand(sx, sy, qx):
+        e, m, d = qx.shape
+        scores = metasgd(sx, sy, torch.cat([qx, torch.from_numpy(reference).expand(e, -1, -1)], dim=1))
+        distance = neighbours.kneighbors(qx.reshape(-1, d).numpy())[0][:, -1].reshape(e, m)
+        w = blend["weight"]
+        return (
+            w * scores[:, :m] / scores[:, m:].std(axis=1, keepdims=True)
+            + (1 - w) * distance / ref_distance.std()
+        )
+
+    test_sets = held_out_episode_sets(
+        config, prep, 5, config.evaluate.episodes_per_family, torch.device("cpu")
+    )
+    expected = summarise_method(
+        run_protocol({"e": by_hand}, test_sets, seed=config.seed)["e"], seed=config.seed
+    )
+    got = entry["summary"]["metasgd+novelty"]["per_family"]
+    for fam, row in expected["per_family"].items():
+        assert abs(got[fam]["tpr@1%fpr"] - row["tpr@1%fpr"]) < 1e-9, fam
+        assert abs(got[fam]["auc"] - row["auc"]) < 1e-6, fam
+
+    bad = ["--novelty", "logreg", "--baselines", "finetune", "--out-name", "bad.json"]
+    assert main(["evaluate", "--run", str(run), *bad]) == 2
+    assert "evaluate.novelty.methods" in capsys.readouterr().err
+    assert not (run / "bad.json").exists()
+
+
 def test_attack_defaults_to_the_val_choice_the_ensemble_included(synthetic_run, tmp_path):
     """`attack` without --methods attacks metrics.json's best meta-learner: the ensemble candidate as one
     model (its members as evaluated), attacked through all of them; where the threat cannot attack the

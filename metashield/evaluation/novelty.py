@@ -1,0 +1,161 @@
+"""Benign novelty: how far a row lies from the benign traffic a detector already holds.
+
+A new attack family is often simply unlike benign traffic, whatever it looks like. The distance of a row to
+its k-th nearest neighbour among benign TRAINING rows (never a query slice) is a zero-shot score of that,
+and blending it into a few-shot detector's logit margin helps most where the support set says least
+(BENCHMARKS.md, "Benign novelty"). The blend is
+
+    w * margin / s_margin + (1 - w) * d_k / s_k
+
+with each part divided by its standard deviation over reference benign rows held out of the neighbour index
+(the margin's per adapted model, so every episode's blend has the same balance), and w and k chosen on
+meta-val (``evaluate.novelty``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from metashield.evaluation.baselines import Scorer
+from metashield.evaluation.metrics import tpr_at_fpr
+from metashield.evaluation.protocol import CHUNK, EpisodeSet, worst_case_scores
+
+SUFFIX = "+novelty"
+"""``<method>+novelty`` names a method's blend with benign novelty in ``metrics.json``."""
+
+
+def neighbour_distances(
+    x: torch.Tensor, benign: torch.Tensor, ks: Sequence[int], chunk: int = 1024
+) -> torch.Tensor:
+    """Exact Euclidean distances [N, len(ks)] of rows x [N, D] to their k-th nearest benign rows [B, D], for
+    each k in ``ks`` (1 = the nearest); brute force in chunks of ``chunk`` rows, differentiable in x."""
+    if not ks or min(ks) < 1 or max(ks) > len(benign):
+        raise ValueError(f"neighbour ranks {list(ks)} must lie in 1..{len(benign)} (the benign rows)")
+    benign = benign.to(device=x.device, dtype=x.dtype)
+    parts = []
+    for i in range(0, len(x), chunk):
+        nearest = torch.cdist(x[i : i + chunk], benign).topk(max(ks), dim=1, largest=False).values
+        parts.append(nearest[:, [k - 1 for k in ks]])
+    return torch.cat(parts) if parts else x.new_zeros(0, len(ks))
+
+
+class NoveltyTable:
+    """``neighbour_distances`` of every row of a dataset X [N, D], looked up by row content: evaluation
+    scores the same dataset rows in every episode and method, so each distance is computed once."""
+
+    def __init__(self, X: np.ndarray, benign: np.ndarray, ks: Sequence[int]):
+        rows = np.ascontiguousarray(X, dtype=np.float32)
+        with torch.no_grad():
+            self.distances = (
+                neighbour_distances(
+                    torch.from_numpy(rows), torch.from_numpy(np.asarray(benign, dtype=np.float32)), ks
+                )
+                .double()
+                .numpy()
+            )
+        self.ks = tuple(ks)
+        self._row = {r.tobytes(): i for i, r in enumerate(rows)}
+
+    def column(self, k: int) -> Callable[[torch.Tensor], np.ndarray]:
+        """Rows [..., D] -> their distances to the k-th nearest benign row [...]."""
+        j = self.ks.index(k)
+        return lambda x: self(x)[..., j]
+
+    def __call__(self, x: torch.Tensor) -> np.ndarray:
+        """float64 [..., len(ks)] of rows x [..., D]; a row that is not in X is an error."""
+        flat = x.detach().cpu().numpy().astype(np.float32).reshape(-1, x.shape[-1])
+        try:
+            idx = [self._row[r.tobytes()] for r in flat]
+        except KeyError:
+            raise ValueError(
+                "a row to score is not a row of the dataset the novelty table was built on"
+            ) from None
+        return self.distances[idx].reshape(*x.shape[:-1], len(self.ks))
+
+
+def margin_scale(reference_margins: np.ndarray) -> np.ndarray:
+    """[E, 1]: the standard deviation of each adapted model's margins on the reference rows [E, R]."""
+    scale = reference_margins.std(axis=1, keepdims=True)
+    if not np.all(scale > 0):
+        raise ValueError("a detector gives every reference row the same margin: its blend cannot be scaled")
+    return scale
+
+
+def blend(
+    margins: np.ndarray,
+    margin_scale: np.ndarray | float,
+    novelty: np.ndarray,
+    novelty_scale: float,
+    weight: float,
+) -> np.ndarray:
+    """w * margins / margin_scale + (1 - w) * novelty / novelty_scale; arrays broadcast ([E, M], [E, 1])."""
+    return weight * margins / margin_scale + (1 - weight) * novelty / novelty_scale
+
+
+def with_reference(scorer: Scorer, reference: torch.Tensor) -> Callable:
+    """``(sx, sy, qx) -> (margins [E, M], reference margins [E, R])`` from ONE adaptation per episode: the
+    reference rows [R, D] ride along with the queries."""
+
+    def score(sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        m = qx.shape[1]
+        ref = reference.to(device=qx.device, dtype=qx.dtype).expand(qx.shape[0], -1, -1)
+        scores = scorer(sx, sy, torch.cat([qx, ref], dim=1))
+        return scores[:, :m], scores[:, m:]
+
+    return score
+
+
+def novelty_scorer(
+    scorer: Scorer,
+    novelty: Callable[[torch.Tensor], np.ndarray],
+    novelty_scale: float,
+    reference: torch.Tensor,
+    weight: float,
+) -> Scorer:
+    """A scorer's blend with benign novelty (``blend``); ``novelty`` maps rows [..., D] to d_k [...]."""
+    margins = with_reference(scorer, reference)
+
+    def score(sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor) -> np.ndarray:
+        q, ref = margins(sx, sy, qx)
+        return blend(q, margin_scale(ref), novelty(qx), novelty_scale, weight)
+
+    return score
+
+
+def tune_blend(
+    scorer: Scorer,
+    sets: dict[str, EpisodeSet],
+    table: NoveltyTable,
+    reference: torch.Tensor,
+    weights: Sequence[float],
+) -> tuple[dict, list[dict]]:
+    """The (weight, k) with the best meta-val TPR@1%FPR (mean over families of the episode mean; ties: the
+    first in ``weights`` x ``table.ks``), from one adaptation per episode. Returns (best, every point)."""
+    scales = table(reference).std(axis=0)
+    margins = with_reference(scorer, reference)
+    parts = {}
+    for fam, es in sets.items():
+        chunks = [
+            margins(es.support_x[i : i + CHUNK], es.support_y[i : i + CHUNK], es.query_x[i : i + CHUNK])
+            for i in range(0, len(es.support_x), CHUNK)
+        ]
+        parts[fam] = (
+            np.concatenate([q for q, _ in chunks]),
+            margin_scale(np.concatenate([r for _, r in chunks])),
+            table(es.query_x),
+        )
+    trace = []
+    for w in weights:
+        for j, k in enumerate(table.ks):
+            per_family = []
+            for fam, (q, ref, nov) in parts.items():
+                s = worst_case_scores(blend(q, ref, nov[..., j], scales[j], w), sets[fam].query_y)
+                per_family.append(
+                    np.mean([tpr_at_fpr(s[e], sets[fam].query_y[e], 0.01) for e in range(len(s))])
+                )
+            trace.append({"weight": w, "k": k, "val_tpr@1%fpr": float(np.mean(per_family))})
+    best = max(trace, key=lambda p: p["val_tpr@1%fpr"])
+    return {**best, "novelty_scale": float(scales[table.ks.index(best["k"])])}, trace
