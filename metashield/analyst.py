@@ -9,10 +9,13 @@ of the ``ensemble`` candidate of ``evaluate.ensemble``) and writes an *adapted r
                           neither the source run nor its training data
     adapted.json          the record: source run, support sha256, algorithm and members, operating threshold,
                           the run's config, fitted pipeline and threat schema
+    novelty.safetensors   only for a ``<method>+novelty`` blend (``evaluate.novelty``): the benign training
+                          rows its neighbour distances are measured to (standardised features)
 
 ``predict_file`` scores a CSV in raw units with an adapted run. Scores are the logit margin z1 - z0 (as in
-``evaluation.baselines``) of the members' mean logits (``meta.Ensemble``; one member: its own logits), and a
-row is flagged iff score > threshold, strictly (``evaluation.metrics``).
+``evaluation.baselines``) of the members' mean logits (``meta.Ensemble``; one member: its own logits), or
+for a blend that margin blended with benign novelty (``evaluation.novelty.blend``), and a row is flagged iff
+score > threshold, strictly (``evaluation.metrics``).
 """
 
 from __future__ import annotations
@@ -38,18 +41,22 @@ from metashield.data.download import file_sha256
 from metashield.data.schema import ThreatSchema
 from metashield.evaluation.baselines import ENSEMBLE
 from metashield.evaluation.metrics import smallest_fpr_step, threshold_at_fpr
+from metashield.evaluation.novelty import SUFFIX as NOVELTY
+from metashield.evaluation.novelty import blend, neighbour_distances
 from metashield.meta import Ensemble
 from metashield.raw_rows import RawRows, read_rows, schema_from_dict, schema_to_dict
-from metashield.runs import ensemble_members, load_model, load_run, read_metrics
+from metashield.runs import ensemble_members, load_model, load_run, novelty_rows, read_metrics
 
 log = logging.getLogger(__name__)
 
 ADAPTED = "adapted"
 """Checkpoint name of the adapted parameters; ``adapted.json`` is the adapted run's record."""
-FORMAT = "metashield-adapted/2"
-"""Version 2 added ensembles (``members``, keys ``<member>/<name>``); version 1 runs (one model, plain keys)
-are still read."""
-READABLE_FORMATS = ("metashield-adapted/1", FORMAT)
+NOVELTY_INDEX = "novelty"
+"""Checkpoint name of a blend's benign neighbour rows."""
+FORMAT = "metashield-adapted/3"
+"""Version 3 added blends with benign novelty (``novelty``), version 2 ensembles (``members``, keys
+``<member>/<name>``); versions 1 (one model, plain keys) and 2 are still read."""
+READABLE_FORMATS = ("metashield-adapted/1", "metashield-adapted/2", FORMAT)
 TARGET_FPR = 0.01
 CHUNK = 65536
 """Rows per forward pass: bounds memory on large inputs."""
@@ -92,34 +99,60 @@ def choose_algorithm(
     meta-val) at the shot count nearest ``n_family`` (ties: the smaller); else the first trained algorithm.
 
     ``ENSEMBLE`` deploys ``runs.ensemble_members`` (``ensemble``: the run config's ``evaluate.ensemble``);
-    any other algorithm is its own only member.
+    any other algorithm is its own only member. ``<method>+novelty`` (``evaluate.novelty``) deploys the
+    members of ``<method>``; ``novelty_blend`` gives the blend's parameters.
     """
     metrics = read_metrics(run)
     ensemble = ensemble_members(metrics, ensemble)
     if requested is not None:
         why = "requested"
-        best = requested
+        chosen = requested
     elif metrics is None:
         return trained[0], [trained[0]], "first trained algorithm (the run has no metrics.json)"
     else:
-        shots = metrics["shots"]
-        k = min(shots, key=lambda s: (abs(int(s) - n_family), int(s)))
-        best = shots[k]["best_meta_learner"]
+        k = nearest_shots(metrics, n_family)
+        chosen = metrics["shots"][k]["best_meta_learner"]
         why = f"best meta-learner on meta-val at {k} shots (metrics.json)"
+    best = chosen.removesuffix(NOVELTY)
+    if best != chosen:
+        why += f", blended with benign novelty: the members of {best!r}"
     if best == ENSEMBLE:
         if not ensemble:
             raise ValueError(f"--algorithm {ENSEMBLE}: {run} was evaluated without evaluate.ensemble")
         untrained = [m for m in ensemble if m not in trained]
         if untrained:
             raise FileNotFoundError(f"{run}: the ensemble's members {untrained} have no checkpoint")
-        return ENSEMBLE, ensemble, f"{why}: the mean logit margin of {ensemble}"
+        return chosen, ensemble, f"{why}: the mean logit margin of {ensemble}"
     if best not in trained:
         if requested is not None:
             raise ValueError(f"--algorithm {requested!r}: {run} has checkpoints for {trained} only")
         raise FileNotFoundError(
             f"{run}/metrics.json names {best!r} as the best meta-learner but {run} has no checkpoint"
         )
-    return best, [best], why
+    return chosen, [best], why
+
+
+def nearest_shots(metrics: dict, n_family: int) -> str:
+    """The shot count of ``metrics.json`` nearest ``n_family`` rows of the new family (ties: the smaller)."""
+    return min(metrics["shots"], key=lambda s: (abs(int(s) - n_family), int(s)))
+
+
+def novelty_blend(run: Path, algorithm: str, n_family: int) -> dict:
+    """The weight, neighbour rank and novelty scale that ``metashield evaluate`` chose on meta-val for the
+    blend ``algorithm`` (``<method>+novelty``), at the shot count nearest ``n_family``."""
+    metrics = read_metrics(run)
+    k = nearest_shots(metrics, n_family) if metrics else None
+    blends = metrics["shots"][k].get("novelty", {}) if metrics else {}
+    if algorithm not in blends:
+        raise ValueError(
+            f"--algorithm {algorithm!r}: {run}/metrics.json has no such blend"
+            + (f" at {k} shots (it has {sorted(blends)})" if metrics else " (no metrics.json)")
+            + "; evaluate the run with evaluate.novelty listing that method first"
+        )
+    return {
+        **{key: blends[algorithm][key] for key in ("method", "weight", "k", "novelty_scale")},
+        "reference_rows": metrics["protocol"]["novelty"]["reference_rows"],
+    }
 
 
 def margins(learner: nn.Module, params: Params, x: np.ndarray) -> np.ndarray:
@@ -132,7 +165,7 @@ def margins(learner: nn.Module, params: Params, x: np.ndarray) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, np.float32)
 
 
-def _operating_threshold(scores: np.ndarray) -> dict:
+def _operating_threshold(scores: np.ndarray, score: str) -> dict:
     """The threshold for ``TARGET_FPR`` on benign-validation scores [n], with its resolution 1/n."""
     if len(scores) == 0:
         raise ValueError("the run has no benign validation rows to set the operating threshold on")
@@ -156,7 +189,7 @@ def _operating_threshold(scores: np.ndarray) -> dict:
         "benign_val_rows": len(scores),
         "fpr_resolution": resolution,
         "benign_val_fpr": float(np.mean(scores > threshold)),
-        "score": "logit margin z1 - z0",
+        "score": score,
         "rule": "flagged iff score > threshold",
     }
 
@@ -225,8 +258,19 @@ def adapt_run(
     x = prep.pipeline.transform(rows.frame)
     with torch.no_grad():
         params = learner.adapt(torch.as_tensor(x)[None], torch.as_tensor(y)[None])
-    threshold = _operating_threshold(margins(learner, params, prep.X[prep.benign["val"]]))
-    support_flagged = margins(learner, params, x) > threshold["value"]
+    novelty, index = None, None
+    if algo.endswith(NOVELTY):
+        novelty = novelty_blend(run, algo, int(y.sum()))
+        index, reference = novelty_rows(config, prep, novelty["reference_rows"])
+        novelty = {
+            **novelty,
+            "margin_scale": float(margins(learner, params, reference).std()),
+            "index_rows": len(index),
+        }
+        index = torch.from_numpy(index)
+    scorer = Scorer(learner, params, novelty, index)
+    threshold = _operating_threshold(scorer(prep.X[prep.benign["val"]]), scorer.describe())
+    support_flagged = scorer(x) > threshold["value"]
     record = {
         "format": FORMAT,
         "source_run": str(run.resolve()),
@@ -243,6 +287,7 @@ def adapt_run(
             **_support_counts(rows, y, support_flagged),
         },
         "threshold": threshold,
+        **({"novelty": novelty} if novelty else {}),
         "config": meta["config"],
         "in_dim": int(meta["in_dim"]),
         "pipeline": meta["pipeline"],
@@ -252,6 +297,8 @@ def adapt_run(
     def write(directory: Path) -> None:
         for name, member in learner.members.items():
             save_checkpoint(directory, name, dict(member.state_dict()), {"copied_from": str(run.resolve())})
+        if index is not None:
+            save_checkpoint(directory, NOVELTY_INDEX, {"benign": index}, {"rows": "benign training slice"})
         save_checkpoint(directory, ADAPTED, params, record)
 
     _publish_dir(out, write)
@@ -259,12 +306,44 @@ def adapt_run(
 
 
 @dataclasses.dataclass
+class Scorer:
+    """Attack scores [M] of standardised rows x [M, D]: the adapted logit margin, or its blend with benign
+    novelty (``novelty``: the record's blend parameters, ``index``: the benign rows [B, D])."""
+
+    learner: Ensemble
+    params: Params
+    novelty: dict | None = None
+    index: Tensor | None = None
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        m = margins(self.learner, self.params, x)
+        if self.novelty is None:
+            return m
+        assert self.index is not None
+        n = self.novelty
+        with torch.no_grad():
+            d = neighbour_distances(torch.as_tensor(x, dtype=torch.float32), self.index, [n["k"]])[:, 0]
+        return blend(m, n["margin_scale"], d.double().numpy(), n["novelty_scale"], n["weight"])
+
+    def describe(self) -> str:
+        if self.novelty is None:
+            return "logit margin z1 - z0"
+        n = self.novelty
+        k = n["k"]
+        suffix = "th" if 11 <= k % 100 <= 13 else {1: "st", 2: "nd", 3: "rd"}.get(k % 10, "th")
+        rank = "nearest" if k == 1 else f"{k}{suffix} nearest"
+        return (
+            f"{n['weight']} * margin / {n['margin_scale']:.6g} + {1 - n['weight']} * (distance to the "
+            f"{rank} benign training row) / {n['novelty_scale']:.6g}"
+        )
+
+
+@dataclasses.dataclass
 class Adapted:
     """An adapted run loaded for scoring: ``scores(frame)`` maps raw rows to attack scores."""
 
     record: dict
-    learner: Ensemble
-    params: Params
+    scorer: Scorer
     pipeline: FeaturePipeline
     schema: ThreatSchema
 
@@ -273,8 +352,8 @@ class Adapted:
         return float(self.record["threshold"]["value"])
 
     def scores(self, frame: pd.DataFrame) -> np.ndarray:
-        """float32 [n] logit margins of the raw rows of ``frame``."""
-        return margins(self.learner, self.params, self.pipeline.transform(frame))
+        """float [n] attack scores of the raw rows of ``frame`` (``Scorer``)."""
+        return self.scorer(self.pipeline.transform(frame))
 
 
 def load_adapted(run: str | os.PathLike) -> Adapted:
@@ -296,10 +375,14 @@ def load_adapted(run: str | os.PathLike) -> Adapted:
     if missing:
         raise ValueError(f"{run / 'adapted.safetensors'}: no adapted parameters for members {missing}")
     learner = Ensemble({n: load_model(config, int(record["in_dim"]), run, n, n) for n in names}).eval()
+    index = None
+    if "novelty" in record:
+        if not has_checkpoint(run, NOVELTY_INDEX):
+            raise FileNotFoundError(f"{run}: a blend with benign novelty, but no {NOVELTY_INDEX}.safetensors")
+        index = load_checkpoint(run, NOVELTY_INDEX)[0]["benign"]
     return Adapted(
         record,
-        learner,
-        tensors,
+        Scorer(learner, tensors, record.get("novelty"), index),
         FeaturePipeline.from_dict(record["pipeline"]),
         schema_from_dict(record["schema"]),
     )

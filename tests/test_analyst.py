@@ -219,6 +219,63 @@ def test_adapted_ensemble_scores_are_the_mean_of_its_members(trained, tmp_path):
     ]
 
 
+def test_adapted_novelty_blend_scores_as_evaluate_chose_it(trained, tmp_path):
+    """A ``<method>+novelty`` choice deploys the method blended with its distance to the benign training rows
+    outside the reference rows, with the weight, k and novelty scale metrics.json recorded and the margin
+    scaled by its standard deviation on the reference rows; the threshold is set on the blended scores."""
+    from sklearn.neighbors import NearestNeighbors
+
+    run = tmp_path / "run"
+    shutil.copytree(trained.run, run)
+    blend = {"method": "maml", "weight": 0.6, "k": 3, "novelty_scale": 1.7, "val_tpr@1%fpr": 0.9}
+    metrics = {
+        "protocol": {"novelty": {"methods": ["maml"], "reference_rows": 100}},
+        "shots": {"5": {"best_meta_learner": "maml+novelty", "novelty": {"maml+novelty": blend}}},
+    }
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    family = trained.prep.split.test[0]
+    support = write(tmp_path / "s.csv", support_rows(trained, family))
+    record = analyst.adapt_run(run, support, tmp_path / "blend")
+    analyst.adapt_run(run, support, tmp_path / "plain", algorithm="maml")
+    assert record["algorithm"] == "maml+novelty" and record["members"] == ["maml"]
+    assert "blended with benign novelty" in record["algorithm_choice"]
+    assert (tmp_path / "blend" / "novelty.safetensors").is_file()
+
+    prep = trained.prep
+    index = load_checkpoint(tmp_path / "blend", "novelty")[0]["benign"].numpy()
+    train_rows = prep.X[prep.benign["train"]]
+    assert len(index) == len(train_rows) - 100 == record["novelty"]["index_rows"]
+    in_index = {r.tobytes() for r in index}
+    reference = np.array([r for r in train_rows if r.tobytes() not in in_index])
+    reference_raw = write(
+        tmp_path / "ref.csv", trained.benign("train").iloc[[r.tobytes() not in in_index for r in train_rows]]
+    )
+    analyst.predict_file(tmp_path / "plain", reference_raw, tmp_path / "ref_scores.csv")
+    margin_scale = read_scores(tmp_path / "ref_scores.csv")["score"].std(ddof=0)
+    assert len(reference) == 100 and record["novelty"]["margin_scale"] == pytest.approx(
+        margin_scale, rel=1e-5
+    )
+
+    rows = np.r_[prep.benign["val"], prep.family_rows(family)[5:]]
+    query = write(tmp_path / "q.csv", trained.raw.iloc[rows])
+    for name in ("blend", "plain"):
+        analyst.predict_file(tmp_path / name, query, tmp_path / f"{name}.csv")
+    margins = read_scores(tmp_path / "plain.csv")["score"].to_numpy()
+    distance = NearestNeighbors(n_neighbors=3).fit(index).kneighbors(prep.X[rows])[0][:, -1]
+    expected = 0.6 * margins / margin_scale + 0.4 * distance / 1.7
+    got = read_scores(tmp_path / "blend.csv")["score"].to_numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    n_val = len(prep.benign["val"])
+    assert record["threshold"]["value"] == threshold_at_fpr(got[:n_val], 0.01)
+    assert "(distance to the 3rd nearest benign training row) / 1.7" in record["threshold"]["score"]
+
+    with pytest.raises(ValueError, match="no such blend"):
+        analyst.adapt_run(run, support, tmp_path / "other", algorithm="fomaml+novelty")
+    (tmp_path / "blend" / "novelty.json").unlink()
+    with pytest.raises(FileNotFoundError, match="novelty.safetensors"):
+        analyst.load_adapted(tmp_path / "blend")
+
+
 def test_adapted_runs_of_format_1_are_still_read(trained, adapted, tmp_path):
     """Version 1 stored one model under plain parameter names and no ``members``."""
     support, out, _ = adapted
