@@ -350,7 +350,14 @@ def evaluate_run(
         for m in ec.novelty.methods if ec.novelty else ():
             best, trace = tune_blend(methods[m], val_sets, table, reference, ec.novelty.weights)
             name = m + NOVELTY
-            log.info("%d-shot %s: best %s (meta-val TPR@1%%FPR %.3f)", k, name, best, best["val_tpr@1%fpr"])
+            log.info(
+                "%d-shot %s: best weight %s, k %d (meta-val TPR@1%%FPR %.3f)",
+                k,
+                name,
+                best["weight"],
+                best["k"],
+                best["val_tpr@1%fpr"],
+            )
             methods[name] = novelty_scorer(
                 methods[m], table.column(best["k"]), best["novelty_scale"], reference, best["weight"]
             )
