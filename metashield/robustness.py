@@ -42,6 +42,7 @@ from metashield.evaluation.metrics import (
     tpr_at_fpr,
 )
 from metashield.evaluation.novelty import SUFFIX as NOVELTY
+from metashield.evaluation.novelty import NoveltyLearner
 from metashield.evaluation.robust import pool_sanity, robust_evaluate
 from metashield.meta import Ensemble, ProtoNet
 from metashield.runs import (
@@ -50,6 +51,7 @@ from metashield.runs import (
     held_out_episode_sets,
     load_model,
     load_run,
+    novelty_rows,
     read_metrics,
 )
 
@@ -85,7 +87,8 @@ def _learners(
 ):
     """name -> learner with ``adapt``/``predict``: trained meta-learners, the ``ensemble`` candidate of
     ``evaluate.ensemble`` (its members as ``metrics.json`` evaluated them) and the tuned fine-tune; for the
-    query threat also ProtoNet, 1-NN and logistic regression."""
+    query threat also ProtoNet, 1-NN and logistic regression; and the blends of any of them with benign
+    novelty that ``metrics.json`` records (``NoveltyLearner``)."""
     in_dim = int(meta["in_dim"])
     metrics_path = run_dir / "metrics.json"
     report = read_metrics(run_dir) or {}
@@ -97,30 +100,33 @@ def _learners(
         available.append(ENSEMBLE)
     if methods is None:
         best = metrics.get("best_meta_learner")
-        if best not in available:
-            # A learner this threat cannot attack (ProtoNet, a blend with benign novelty).
-            best = best_on_val(metrics, available) or (available[0] if available else None)
+        candidates = available + [
+            b for b in metrics.get("novelty", {}) if b.removesuffix(NOVELTY) in available
+        ]
+        if best not in candidates:
+            # A learner this threat cannot attack (ProtoNet through adaptation).
+            best = best_on_val(metrics, candidates) or (available[0] if available else None)
         methods = [best] if best is not None else []
         if "finetune" in metrics.get("tuned_baselines", {}):
             methods.append("finetune")
-    learners = {}
-    for name in methods:
+
+    def build(name: str):
+        """The learner ``name`` (not a blend) for this threat; a ValueError says why it cannot be attacked."""
         if name == "knn" and threat == "query":
-            learners[name] = NearestNeighbourLearner()
-        elif name in ("logreg", "logreg-replay") and threat == "query":
+            return NearestNeighbourLearner()
+        if name in ("logreg", "logreg-replay") and threat == "query":
             tuned = metrics.get("tuned_baselines", {}).get(name)
             if tuned is None:
                 raise FileNotFoundError(
                     f"{metrics_path}: no tuned {name} at {shots} shots; run `metashield evaluate --run "
                     f"{run_dir} --shots {shots} --baselines {name}` first"
                 )
-            learners[name] = LogisticRegressionLearner(tuned["params"]["C"])
+            learner = LogisticRegressionLearner(tuned["params"]["C"])
             if name == "logreg-replay":
                 benign = torch.from_numpy(prep.replay_pool())
-                learners[name] = ReplayLearner(
-                    learners[name], benign, config.evaluate.replay_rows, config.seed
-                )
-        elif name == "finetune":
+                learner = ReplayLearner(learner, benign, config.evaluate.replay_rows, config.seed)
+            return learner
+        if name == "finetune":
             tuned = metrics.get("tuned_baselines", {}).get("finetune")
             if tuned is None:
                 raise FileNotFoundError(
@@ -129,23 +135,42 @@ def _learners(
                 )
             pretrained = load_model(config, in_dim, run_dir, "pretrained").to(device)
             p = tuned["params"]
-            learners[name] = finetune_learner(pretrained, p["lr"], p["steps"], p["head_only"])
-        elif name == ENSEMBLE and name in available:
-            models = {m: load_model(config, in_dim, run_dir, m, m) for m in members}
-            learners[name] = Ensemble(models).to(device)
-        elif name in available:
-            learners[name] = load_model(config, in_dim, run_dir, name, name).to(device)
-        else:
-            why = " (ProtoNet has no inner loop to attack through)" if name in QUERY_ONLY_LEARNERS else ""
-            if name in QUERY_ONLY_BASELINES:
-                why = " (scikit-learn's fit on the support set has no gradient)"
-            if name.endswith(NOVELTY):
-                why = " (blends with benign novelty are not attackable yet; attack the method it blends)"
-            others = "'finetune', 'knn', 'logreg', 'logreg-replay'" if threat == "query" else "'finetune'"
-            raise ValueError(
-                f"method {name!r} cannot be attacked in {run_dir} under the {threat} threat{why}: "
-                f"methods are {others} and the trained meta-learners {available}"
+            return finetune_learner(pretrained, p["lr"], p["steps"], p["head_only"])
+        if name == ENSEMBLE and name in available:
+            return Ensemble({m: load_model(config, in_dim, run_dir, m, m) for m in members}).to(device)
+        if name in available:
+            return load_model(config, in_dim, run_dir, name, name).to(device)
+        why = " (ProtoNet has no inner loop to attack through)" if name in QUERY_ONLY_LEARNERS else ""
+        if name in QUERY_ONLY_BASELINES:
+            why = " (scikit-learn's fit on the support set has no gradient)"
+        others = "'finetune', 'knn', 'logreg', 'logreg-replay'" if threat == "query" else "'finetune'"
+        raise ValueError(
+            f"method {name!r} cannot be attacked in {run_dir} under the {threat} threat{why}: methods are "
+            f"{others}, the trained meta-learners {available} and their blends with benign novelty that "
+            f"metrics.json records (`<method>{NOVELTY}`)"
+        )
+
+    learners = {}
+    for name in methods:
+        base = name.removesuffix(NOVELTY)
+        if base == name:
+            learners[name] = build(name)
+            continue
+        blend = metrics.get("novelty", {}).get(name)
+        if blend is None:
+            raise FileNotFoundError(
+                f"{metrics_path}: no blend {name!r} at {shots} shots; run `metashield evaluate --run "
+                f"{run_dir} --novelty {base}` first"
             )
+        index, reference = novelty_rows(config, prep, report["protocol"]["novelty"]["reference_rows"])
+        learners[name] = NoveltyLearner(
+            build(base),
+            torch.from_numpy(index),
+            torch.from_numpy(reference),
+            blend["k"],
+            blend["weight"],
+            blend["novelty_scale"],
+        ).to(device)
     if not learners:
         raise ValueError(f"{run_dir}: no gradient meta-learner checkpoint to attack")
     for learner in learners.values():

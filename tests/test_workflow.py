@@ -418,6 +418,49 @@ def test_evaluate_novelty_blends_each_listed_method_on_its_own_side(synthetic_ru
     assert not (run / "bad.json").exists()
 
 
+def test_attack_follows_a_novelty_blend_through_its_neighbour_distances(synthetic_run, tmp_path):
+    """``attack --methods metasgd+novelty`` attacks the blend ``evaluate`` scored: ``NoveltyLearner``'s
+    margins are the blend's scores on the same episodes, and the attack lowers its detection with no
+    violation."""
+    import shutil
+
+    from metashield.config import config_from_dict
+    from metashield.evaluation.novelty import NoveltyLearner, novelty_scorer
+    from metashield.robustness import _learners
+    from metashield.runs import held_out_episode_sets, novelty_table
+
+    run = tmp_path / "run"
+    shutil.copytree(synthetic_run[0], run)
+    evaluate_run(run, baselines=["finetune"], novelty=["metasgd", "finetune"])
+    config, prep, meta = load_run(run)
+    blend = json.loads((run / "metrics.json").read_text())["shots"]["5"]["novelty"]["metasgd+novelty"]
+    chosen = _learners(run, config, prep, meta, ["metasgd+novelty"], 5, torch.device("cpu"), "query")
+    learner = chosen["metasgd+novelty"]
+    assert isinstance(learner, NoveltyLearner)
+
+    es = next(iter(held_out_episode_sets(config, prep, 5, 3, torch.device("cpu")).values()))
+    tree = config.model_dump()
+    tree["evaluate"]["novelty"] = {"methods": ["metasgd"]}
+    table, reference = novelty_table(config_from_dict(tree, "test"), prep)
+    metasgd = load_model(config, int(meta["in_dim"]), run, "metasgd", "metasgd")
+    scorer = novelty_scorer(
+        learner_scorer(metasgd), table.column(blend["k"]), blend["novelty_scale"], reference, blend["weight"]
+    )
+    with torch.no_grad():
+        logits = learner.predict(learner.adapt(es.support_x, es.support_y), es.query_x)
+    np.testing.assert_allclose(
+        (logits[..., 1] - logits[..., 0]).numpy(),
+        scorer(es.support_x, es.support_y, es.query_x),
+        rtol=1e-4,
+        atol=1e-4,
+    )
+
+    report = attack_run(run, methods=["metasgd+novelty"], eps=[3.0], episodes=2, out_name="blend_attack.json")
+    r = report["methods"]["metasgd+novelty"]
+    assert sum(r["violations"].values()) == 0
+    assert r["robust_tpr@1%fpr"]["3.0"]["mean"] < r["clean_tpr@1%fpr"]["mean"] - 0.2, r
+
+
 def test_attack_defaults_to_the_val_choice_the_ensemble_included(synthetic_run, tmp_path):
     """`attack` without --methods attacks metrics.json's best meta-learner: the ensemble candidate as one
     model (its members as evaluated), attacked through all of them; where the threat cannot attack the

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
+from torch import nn
 
 from metashield.evaluation.baselines import Scorer
 from metashield.evaluation.metrics import tpr_at_fpr
@@ -159,3 +160,46 @@ def tune_blend(
             trace.append({"weight": w, "k": k, "val_tpr@1%fpr": float(np.mean(per_family))})
     best = max(trace, key=lambda p: p["val_tpr@1%fpr"])
     return {**best, "novelty_scale": float(scales[table.ks.index(best["k"])])}, trace
+
+
+MARGIN_SCALE = "novelty/margin_scale"
+"""Key of the per-task margin scale [T, 1] in a ``NoveltyLearner``'s adapted parameters."""
+
+
+class NoveltyLearner(nn.Module):
+    """A learner's blend with benign novelty as a learner (``adapt``/``predict``), so that attacks can follow
+    it: ``predict`` returns logits [T, M, 2] whose margin z1 - z0 is ``blend``'s score, differentiable in x
+    (the neighbour distances) and, through ``adapt``, in the support set (the margin and its scale).
+
+    learner: any learner with ``adapt``/``predict``; index [B, D], reference [R, D]: ``runs.novelty_rows``.
+    """
+
+    def __init__(
+        self,
+        learner: nn.Module,
+        index: torch.Tensor,
+        reference: torch.Tensor,
+        k: int,
+        weight: float,
+        novelty_scale: float,
+    ):
+        super().__init__()
+        self.learner = learner
+        self.register_buffer("index", index)
+        self.register_buffer("reference", reference)
+        self.k, self.weight, self.novelty_scale = k, weight, novelty_scale
+
+    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor) -> dict[str, torch.Tensor]:
+        params = dict(self.learner.adapt(support_x, support_y))
+        ref = self.reference.to(support_x.dtype).expand(support_x.shape[0], -1, -1)
+        logits = self.learner.predict(params, ref)
+        params[MARGIN_SCALE] = (logits[..., 1] - logits[..., 0]).std(dim=1, correction=0, keepdim=True)
+        return params
+
+    def predict(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        base = {name: p for name, p in params.items() if name != MARGIN_SCALE}
+        logits = self.learner.predict(base, x)
+        distance = neighbour_distances(x.reshape(-1, x.shape[-1]), self.index, [self.k]).reshape(x.shape[:-1])
+        score = self.weight * (logits[..., 1] - logits[..., 0]) / params[MARGIN_SCALE]
+        score = score + (1 - self.weight) * distance / self.novelty_scale
+        return torch.stack([torch.zeros_like(score), score], dim=-1)
