@@ -21,19 +21,12 @@ import numpy as np
 import torch
 
 from metashield._atomic import atomic_write_json, check_file_name
+from metashield.attack_targets import attack_targets
 from metashield.attacks.constraints import Constraints, box_constraints, compile_constraints
 from metashield.attacks.fast_mlp import mlp_layers
 from metashield.attacks.presets import DEFAULT_ENSEMBLE, PRESETS, get_attack
 from metashield.attacks.support import MODES, adaptive_query_attack, poison_support
-from metashield.checkpoint import has_checkpoint
 from metashield.device import resolve_device
-from metashield.evaluation.baselines import (
-    ENSEMBLE,
-    LogisticRegressionLearner,
-    NearestNeighbourLearner,
-    ReplayLearner,
-    finetune_learner,
-)
 from metashield.evaluation.metrics import (
     bootstrap_ci,
     family_bootstrap_ci,
@@ -41,30 +34,15 @@ from metashield.evaluation.metrics import (
     threshold_at_fpr,
     tpr_at_fpr,
 )
-from metashield.evaluation.novelty import SUFFIX as NOVELTY
-from metashield.evaluation.novelty import NoveltyLearner
 from metashield.evaluation.robust import pool_sanity, robust_evaluate
-from metashield.meta import Ensemble, ProtoNet
+from metashield.meta import ProtoNet
 from metashield.runs import (
-    best_on_val,
-    ensemble_members,
     held_out_episode_sets,
-    load_model,
     load_run,
-    novelty_rows,
-    read_metrics,
 )
 
 log = logging.getLogger(__name__)
 
-GRADIENT_LEARNERS = ("maml", "fomaml", "metasgd", "anil", "reptile")
-QUERY_ONLY_LEARNERS = ("protonet",)
-"""Attacked after adaptation (query threat) only: the support and end-to-end threats optimise through an
-inner loop of gradient steps, which a prototypical network does not have."""
-QUERY_ONLY_BASELINES = ("knn", "logreg", "logreg-replay")
-"""1-NN and logistic regression on the support set, with or without replayed benign rows (``metashield
-evaluate``'s baselines, logistic regression with its meta-val-tuned C): attacked after adaptation only, since
-scikit-learn's fit has no gradient."""
 THREATS = ("query", "support", "end-to-end")
 
 
@@ -80,102 +58,6 @@ def _constraints(kind: str, prep) -> Constraints:
     if kind == "none":
         return box_constraints(prep.X.shape[1])
     raise ValueError(f"constraints must be 'default' (the dataset's threat schema) or 'none', got {kind!r}")
-
-
-def _learners(
-    run_dir: Path, config, prep, meta: dict, methods: Sequence[str] | None, shots: int, device, threat: str
-):
-    """name -> learner with ``adapt``/``predict``: trained meta-learners, the ``ensemble`` candidate of
-    ``evaluate.ensemble`` (its members as ``metrics.json`` evaluated them) and the tuned fine-tune; for the
-    query threat also ProtoNet, 1-NN and logistic regression; and the blends of any of them with benign
-    novelty that ``metrics.json`` records (``NoveltyLearner``)."""
-    in_dim = int(meta["in_dim"])
-    metrics_path = run_dir / "metrics.json"
-    report = read_metrics(run_dir) or {}
-    metrics = report.get("shots", {}).get(str(shots), {})
-    members = ensemble_members(report, list(config.evaluate.ensemble))
-    attackable = GRADIENT_LEARNERS + (QUERY_ONLY_LEARNERS if threat == "query" else ())
-    available = [a for a in config.train.algorithms if a in attackable and has_checkpoint(run_dir, a)]
-    if members and all(m in available for m in members):
-        available.append(ENSEMBLE)
-    if methods is None:
-        best = metrics.get("best_meta_learner")
-        candidates = available + [
-            b for b in metrics.get("novelty", {}) if b.removesuffix(NOVELTY) in available
-        ]
-        if best not in candidates:
-            # A learner this threat cannot attack (ProtoNet through adaptation).
-            best = best_on_val(metrics, candidates) or (available[0] if available else None)
-        methods = [best] if best is not None else []
-        if "finetune" in metrics.get("tuned_baselines", {}):
-            methods.append("finetune")
-
-    def build(name: str):
-        """The learner ``name`` (not a blend) for this threat; a ValueError says why it cannot be attacked."""
-        if name == "knn" and threat == "query":
-            return NearestNeighbourLearner()
-        if name in ("logreg", "logreg-replay") and threat == "query":
-            tuned = metrics.get("tuned_baselines", {}).get(name)
-            if tuned is None:
-                raise FileNotFoundError(
-                    f"{metrics_path}: no tuned {name} at {shots} shots; run `metashield evaluate --run "
-                    f"{run_dir} --shots {shots} --baselines {name}` first"
-                )
-            learner = LogisticRegressionLearner(tuned["params"]["C"])
-            if name == "logreg-replay":
-                benign = torch.from_numpy(prep.replay_pool())
-                learner = ReplayLearner(learner, benign, config.evaluate.replay_rows, config.seed)
-            return learner
-        if name == "finetune":
-            tuned = metrics.get("tuned_baselines", {}).get("finetune")
-            if tuned is None:
-                raise FileNotFoundError(
-                    f"{metrics_path}: no tuned fine-tune baseline at {shots} shots; run "
-                    f"`metashield evaluate --run {run_dir} --shots {shots}` first"
-                )
-            pretrained = load_model(config, in_dim, run_dir, "pretrained").to(device)
-            p = tuned["params"]
-            return finetune_learner(pretrained, p["lr"], p["steps"], p["head_only"])
-        if name == ENSEMBLE and name in available:
-            return Ensemble({m: load_model(config, in_dim, run_dir, m, m) for m in members}).to(device)
-        if name in available:
-            return load_model(config, in_dim, run_dir, name, name).to(device)
-        why = " (ProtoNet has no inner loop to attack through)" if name in QUERY_ONLY_LEARNERS else ""
-        if name in QUERY_ONLY_BASELINES:
-            why = " (scikit-learn's fit on the support set has no gradient)"
-        others = "'finetune', 'knn', 'logreg', 'logreg-replay'" if threat == "query" else "'finetune'"
-        raise ValueError(
-            f"method {name!r} cannot be attacked in {run_dir} under the {threat} threat{why}: methods are "
-            f"{others}, the trained meta-learners {available} and their blends with benign novelty that "
-            f"metrics.json records (`<method>{NOVELTY}`)"
-        )
-
-    learners = {}
-    for name in methods:
-        base = name.removesuffix(NOVELTY)
-        if base == name:
-            learners[name] = build(name)
-            continue
-        blend = metrics.get("novelty", {}).get(name)
-        if blend is None:
-            raise FileNotFoundError(
-                f"{metrics_path}: no blend {name!r} at {shots} shots; run `metashield evaluate --run "
-                f"{run_dir} --novelty {base}` first"
-            )
-        index, reference = novelty_rows(config, prep, report["protocol"]["novelty"]["reference_rows"])
-        learners[name] = NoveltyLearner(
-            build(base),
-            torch.from_numpy(index),
-            torch.from_numpy(reference),
-            blend["k"],
-            blend["weight"],
-            blend["novelty_scale"],
-        ).to(device)
-    if not learners:
-        raise ValueError(f"{run_dir}: no gradient meta-learner checkpoint to attack")
-    for learner in learners.values():
-        learner.eval()
-    return learners
 
 
 def _is_mlp_learner(learner) -> bool:
@@ -221,7 +103,7 @@ def attack_run(
     config, prep, meta = load_run(run_dir)
     seed = config.seed if seed is None else seed
     device = resolve_device(config.device)
-    learners = _learners(run_dir, config, prep, meta, methods, shots, device, threat)
+    learners = attack_targets(run_dir, config, prep, meta, methods, shots, device, threat)
     feasible = _constraints(constraints, prep)
     sets = held_out_episode_sets(config, prep, shots, episodes, device)
     report: dict = {

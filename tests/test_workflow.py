@@ -424,9 +424,9 @@ def test_attack_follows_a_novelty_blend_through_its_neighbour_distances(syntheti
     violation."""
     import shutil
 
+    from metashield.attack_targets import attack_targets
     from metashield.config import config_from_dict
     from metashield.evaluation.novelty import NoveltyLearner, novelty_scorer
-    from metashield.robustness import _learners
     from metashield.runs import held_out_episode_sets, novelty_table
 
     run = tmp_path / "run"
@@ -434,7 +434,7 @@ def test_attack_follows_a_novelty_blend_through_its_neighbour_distances(syntheti
     evaluate_run(run, baselines=["finetune"], novelty=["metasgd", "finetune"])
     config, prep, meta = load_run(run)
     blend = json.loads((run / "metrics.json").read_text())["shots"]["5"]["novelty"]["metasgd+novelty"]
-    chosen = _learners(run, config, prep, meta, ["metasgd+novelty"], 5, torch.device("cpu"), "query")
+    chosen = attack_targets(run, config, prep, meta, ["metasgd+novelty"], 5, torch.device("cpu"), "query")
     learner = chosen["metasgd+novelty"]
     assert isinstance(learner, NoveltyLearner)
 
@@ -467,8 +467,8 @@ def test_attack_defaults_to_the_val_choice_the_ensemble_included(synthetic_run, 
     choice (ProtoNet through adaptation), the attackable learner with the best meta-val score stands in."""
     import shutil
 
+    from metashield.attack_targets import attack_targets
     from metashield.meta import Ensemble
-    from metashield.robustness import _learners
 
     run = tmp_path / "run"
     shutil.copytree(synthetic_run[0], run)
@@ -480,7 +480,7 @@ def test_attack_defaults_to_the_val_choice_the_ensemble_included(synthetic_run, 
     entry["val_tpr@1%fpr"].update({"fomaml": 0.6, "ensemble": 0.9})
     (run / "metrics.json").write_text(json.dumps(metrics))
     config, prep, meta = load_run(run)
-    chosen = _learners(run, config, prep, meta, None, 5, torch.device("cpu"), "query")
+    chosen = attack_targets(run, config, prep, meta, None, 5, torch.device("cpu"), "query")
     assert list(chosen) == ["ensemble", "finetune"] and isinstance(chosen["ensemble"], Ensemble)
     assert list(chosen["ensemble"].members) == ["maml", "metasgd"]
 
@@ -493,7 +493,7 @@ def test_attack_defaults_to_the_val_choice_the_ensemble_included(synthetic_run, 
     for val_ensemble, stand_in in ((0.9, "ensemble"), (0.55, "fomaml")):
         entry["val_tpr@1%fpr"]["ensemble"] = val_ensemble
         (run / "metrics.json").write_text(json.dumps(metrics))
-        chosen = _learners(run, config, prep, meta, None, 5, torch.device("cpu"), "support")
+        chosen = attack_targets(run, config, prep, meta, None, 5, torch.device("cpu"), "support")
         assert list(chosen) == [stand_in, "finetune"]
 
 
