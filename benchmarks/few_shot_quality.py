@@ -33,7 +33,7 @@ METRIC = "tpr@1%fpr"
 
 FAMILY_KEYS = ("val_families", "test_families", "never_test", "n_val", "n_test", "min_rows")
 # Evaluation options that `evaluate_run` can apply to a trained run without training again.
-REEVALUATE_KEYS = ("baselines", "ensemble")
+REEVALUATE_KEYS = ("baselines", "ensemble", "novelty")
 
 
 def _protocol(config: Config) -> dict:
@@ -46,11 +46,13 @@ def _protocol(config: Config) -> dict:
 
 
 def _evaluated_with(metrics: dict) -> dict:
-    """The ``REEVALUATE_KEYS`` a ``metrics.json`` was made with (sorted baselines; ensemble as listed)."""
+    """The ``REEVALUATE_KEYS`` a ``metrics.json`` was made with (sorted baselines; ensemble and novelty as
+    listed)."""
     shots = metrics["shots"].values()
     return {
         "baselines": sorted({b for s in shots for b in s["tuned_baselines"]}),
         "ensemble": metrics["protocol"].get("ensemble", []),
+        "novelty": metrics["protocol"].get("novelty"),
     }
 
 
@@ -81,7 +83,12 @@ def run_one(out: Path, split: int, seed: int, overrides: list[str], episodes: in
     saved, meta = load_run_config(run)
     if _protocol(saved) != _protocol(config) or meta["split"] != _families(config):
         raise SystemExit(f"{run} was made with another protocol than these options give: use another --out")
-    wanted = {"baselines": sorted(config.evaluate.baselines), "ensemble": list(config.evaluate.ensemble)}
+    novelty = config.evaluate.novelty
+    wanted = {
+        "baselines": sorted(config.evaluate.baselines),
+        "ensemble": list(config.evaluate.ensemble),
+        "novelty": novelty.model_dump() if novelty else None,
+    }
     if _evaluated_with(metrics) == wanted:
         return metrics
     logging.getLogger(__name__).info("%s: re-evaluating with %s", run, wanted)
@@ -90,6 +97,7 @@ def run_one(out: Path, split: int, seed: int, overrides: list[str], episodes: in
         episodes_per_family=episodes,
         baselines=list(config.evaluate.baselines),
         ensemble=list(config.evaluate.ensemble),
+        novelty=list(novelty.methods) if novelty else None,
     )
 
 

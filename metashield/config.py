@@ -20,8 +20,12 @@ USER_FILE_DATASETS = ("unsw-nb15",)
 _CAMPAIGNS = ["data.families={kind: campaigns}", "split.n_val=2", "split.n_test=3", "split.min_rows=11"]
 
 DATASET_DEFAULTS: dict[str, list[str]] = {
-    # As configs/nsl_kdd.yaml: the run's Meta-SGD, MAML and FOMAML averaged are one more candidate.
-    "nsl-kdd": ["evaluate.ensemble=[metasgd, maml, fomaml]"],
+    # As configs/nsl_kdd.yaml: the run's Meta-SGD, MAML and FOMAML averaged are one more candidate, and two
+    # methods of each side get a blend with benign novelty.
+    "nsl-kdd": [
+        "evaluate.ensemble=[metasgd, maml, fomaml]",
+        "evaluate.novelty={methods: [metasgd, ensemble, finetune, logreg-replay]}",
+    ],
     "kdd99": ["split.n_val=3", "split.n_test=5"],
     "unsw-nb15": ["split.n_val=2", "split.n_test=3"],
     "spambase": _CAMPAIGNS,

@@ -37,6 +37,7 @@ def test_config_matches_the_demo_defaults(path: Path):
     defaults = load_config(None, DATASET_DEFAULTS[config.data.dataset])
     assert config.data.families.kind == defaults.data.families.kind
     assert config.evaluate.ensemble == defaults.evaluate.ensemble
+    assert config.evaluate.novelty == defaults.evaluate.novelty
     # NSL-KDD names its meta-val families explicitly (docs/tuning.md); the others draw them.
     if config.data.dataset != "nsl-kdd":
         assert (config.split.n_val, config.split.n_test) == (defaults.split.n_val, defaults.split.n_test)
