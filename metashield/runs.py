@@ -166,7 +166,8 @@ def novelty_rows(config: Config, prep: Prepared, n: int) -> tuple[np.ndarray, np
 def novelty_table(config: Config, prep: Prepared) -> tuple[NoveltyTable, torch.Tensor]:
     """(distances of every row an evaluation episode can query and of the reference rows, reference rows)
     for ``evaluate.novelty``: queries come from the val and test families and benign slices only."""
-    assert config.evaluate.novelty is not None
+    if config.evaluate.novelty is None:
+        raise ValueError("novelty_table needs a config with evaluate.novelty")
     index, reference = novelty_rows(config, prep, config.evaluate.novelty.reference_rows)
     queried = np.isin(prep.family, [*prep.split.val, *prep.split.test])
     queried[prep.benign["val"]] = queried[prep.benign["test"]] = True

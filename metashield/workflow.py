@@ -338,8 +338,8 @@ def evaluate_run(
             methods[ENSEMBLE] = learner_scorer(Ensemble({a: learners[a] for a in ec.ensemble}))
             val_scores[ENSEMBLE] = mean_score(methods[ENSEMBLE], val_sets, name=ENSEMBLE)
             meta_learners.append(ENSEMBLE)
-        baselines = list(ec.baselines)
-        for b in baselines:
+        baseline_names = list(ec.baselines)
+        for b in baseline_names:
             params, score, trace = tune_baseline(
                 grids[b], lambda b=b, **p: make_baseline(b, p), val_sets, f"{k}-shot {b}"
             )
@@ -363,9 +363,9 @@ def evaluate_run(
             )
             val_scores[name] = best["val_tpr@1%fpr"]
             blends[name] = {"method": m, **best, "searched": trace}
-            (meta_learners if m in meta_learners else baselines).append(name)
+            (meta_learners if m in meta_learners else baseline_names).append(name)
         best_meta = max(meta_learners, key=lambda a: val_scores[a])
-        best_base = max(baselines, key=lambda b: val_scores[b]) if baselines else None
+        best_base = max(baseline_names, key=lambda b: val_scores[b]) if baseline_names else None
 
         test_sets = held_out_episode_sets(config, prep, k, n_episodes, device)
         if not test_sets:
