@@ -41,8 +41,8 @@ from metashield.data.download import file_sha256
 from metashield.data.schema import ThreatSchema
 from metashield.evaluation.baselines import ENSEMBLE
 from metashield.evaluation.metrics import smallest_fpr_step, threshold_at_fpr
+from metashield.evaluation.novelty import MARGIN_SCALE, NoveltyLearner
 from metashield.evaluation.novelty import SUFFIX as NOVELTY
-from metashield.evaluation.novelty import blend, neighbour_distances
 from metashield.meta import Ensemble
 from metashield.raw_rows import RawRows, read_rows, schema_from_dict, schema_to_dict
 from metashield.runs import ensemble_members, load_model, load_run, novelty_rows, read_metrics
@@ -254,23 +254,23 @@ def adapt_run(
     algo, names, why = choose_algorithm(
         run, _trained(config, run), int(y.sum()), algorithm, list(config.evaluate.ensemble)
     )
-    learner = Ensemble({n: load_model(config, int(meta["in_dim"]), run, n, n) for n in names}).eval()
+    ensemble = Ensemble({n: load_model(config, int(meta["in_dim"]), run, n, n) for n in names}).eval()
+    learner, novelty, index = ensemble, None, None
+    if algo.endswith(NOVELTY):
+        novelty = novelty_blend(run, algo, int(y.sum()))
+        index, reference = (
+            torch.from_numpy(a) for a in novelty_rows(config, prep, novelty["reference_rows"])
+        )
+        learner = _blended(ensemble, index, reference, novelty)
     x = prep.pipeline.transform(rows.frame)
     with torch.no_grad():
         params = learner.adapt(torch.as_tensor(x)[None], torch.as_tensor(y)[None])
-    novelty, index = None, None
-    if algo.endswith(NOVELTY):
-        novelty = novelty_blend(run, algo, int(y.sum()))
-        index, reference = novelty_rows(config, prep, novelty["reference_rows"])
-        novelty = {
-            **novelty,
-            "margin_scale": float(margins(learner, params, reference).std()),
-            "index_rows": len(index),
-        }
-        index = torch.from_numpy(index)
-    scorer = Scorer(learner, params, novelty, index)
-    threshold = _operating_threshold(scorer(prep.X[prep.benign["val"]]), scorer.describe())
-    support_flagged = scorer(x) > threshold["value"]
+    if novelty is not None:
+        novelty = {**novelty, "margin_scale": float(params[MARGIN_SCALE]), "index_rows": len(index)}
+    threshold = _operating_threshold(
+        margins(learner, params, prep.X[prep.benign["val"]]), _score_text(novelty)
+    )
+    support_flagged = margins(learner, params, x) > threshold["value"]
     record = {
         "format": FORMAT,
         "source_run": str(run.resolve()),
@@ -295,7 +295,7 @@ def adapt_run(
     }
 
     def write(directory: Path) -> None:
-        for name, member in learner.members.items():
+        for name, member in ensemble.members.items():
             save_checkpoint(directory, name, dict(member.state_dict()), {"copied_from": str(run.resolve())})
         if index is not None:
             save_checkpoint(directory, NOVELTY_INDEX, {"benign": index}, {"rows": "benign training slice"})
@@ -305,37 +305,24 @@ def adapt_run(
     return record
 
 
-@dataclasses.dataclass
-class Scorer:
-    """Attack scores [M] of standardised rows x [M, D]: the adapted logit margin, or its blend with benign
-    novelty (``novelty``: the record's blend parameters, ``index``: the benign rows [B, D])."""
+def _blended(ensemble: Ensemble, index: Tensor, reference: Tensor, novelty: dict) -> NoveltyLearner:
+    """The blend ``evaluate`` scored (``evaluation.novelty``), as one learner: its margin is the blend."""
+    return NoveltyLearner(
+        ensemble, index, reference, novelty["k"], novelty["weight"], novelty["novelty_scale"]
+    ).eval()
 
-    learner: Ensemble
-    params: Params
-    novelty: dict | None = None
-    index: Tensor | None = None
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        m = margins(self.learner, self.params, x)
-        if self.novelty is None:
-            return m
-        assert self.index is not None
-        n = self.novelty
-        with torch.no_grad():
-            d = neighbour_distances(torch.as_tensor(x, dtype=torch.float32), self.index, [n["k"]])[:, 0]
-        return blend(m, n["margin_scale"], d.double().numpy(), n["novelty_scale"], n["weight"])
-
-    def describe(self) -> str:
-        if self.novelty is None:
-            return "logit margin z1 - z0"
-        n = self.novelty
-        k = n["k"]
-        suffix = "th" if 11 <= k % 100 <= 13 else {1: "st", 2: "nd", 3: "rd"}.get(k % 10, "th")
-        rank = "nearest" if k == 1 else f"{k}{suffix} nearest"
-        return (
-            f"{n['weight']} * margin / {n['margin_scale']:.6g} + {1 - n['weight']} * (distance to the "
-            f"{rank} benign training row) / {n['novelty_scale']:.6g}"
-        )
+def _score_text(novelty: dict | None) -> str:
+    """What the adapted run's score is, for its record."""
+    if novelty is None:
+        return "logit margin z1 - z0"
+    k = novelty["k"]
+    suffix = "th" if 11 <= k % 100 <= 13 else {1: "st", 2: "nd", 3: "rd"}.get(k % 10, "th")
+    rank = "nearest" if k == 1 else f"{k}{suffix} nearest"
+    return (
+        f"{novelty['weight']} * margin / {novelty['margin_scale']:.6g} + {1 - novelty['weight']} * (distance "
+        f"to the {rank} benign training row) / {novelty['novelty_scale']:.6g}"
+    )
 
 
 @dataclasses.dataclass
@@ -343,7 +330,8 @@ class Adapted:
     """An adapted run loaded for scoring: ``scores(frame)`` maps raw rows to attack scores."""
 
     record: dict
-    scorer: Scorer
+    learner: Ensemble | NoveltyLearner
+    params: Params
     pipeline: FeaturePipeline
     schema: ThreatSchema
 
@@ -352,8 +340,8 @@ class Adapted:
         return float(self.record["threshold"]["value"])
 
     def scores(self, frame: pd.DataFrame) -> np.ndarray:
-        """float [n] attack scores of the raw rows of ``frame`` (``Scorer``)."""
-        return self.scorer(self.pipeline.transform(frame))
+        """float32 [n] attack scores (``margins``) of the raw rows of ``frame``."""
+        return margins(self.learner, self.params, self.pipeline.transform(frame))
 
 
 def load_adapted(run: str | os.PathLike) -> Adapted:
@@ -369,20 +357,22 @@ def load_adapted(run: str | os.PathLike) -> Adapted:
         )
     config = config_from_dict(record["config"], str(run / "adapted.json"))
     names = record.get("members", [record["algorithm"]])
-    if record["format"] != FORMAT:  # version 1: one model under plain parameter names
+    if record["format"] == READABLE_FORMATS[0]:  # version 1: one model under plain parameter names
         tensors = {f"{names[0]}/{k}": v for k, v in tensors.items()}
     missing = [n for n in names if not any(k.startswith(f"{n}/") for k in tensors)]
     if missing:
         raise ValueError(f"{run / 'adapted.safetensors'}: no adapted parameters for members {missing}")
     learner = Ensemble({n: load_model(config, int(record["in_dim"]), run, n, n) for n in names}).eval()
-    index = None
     if "novelty" in record:
         if not has_checkpoint(run, NOVELTY_INDEX):
             raise FileNotFoundError(f"{run}: a blend with benign novelty, but no {NOVELTY_INDEX}.safetensors")
         index = load_checkpoint(run, NOVELTY_INDEX)[0]["benign"]
+        # Scoring never adapts again, so no reference rows: the margin's scale is among the adapted params.
+        learner = _blended(learner, index, index[:0], record["novelty"])
     return Adapted(
         record,
-        Scorer(learner, tensors, record.get("novelty"), index),
+        learner,
+        tensors,
         FeaturePipeline.from_dict(record["pipeline"]),
         schema_from_dict(record["schema"]),
     )

@@ -277,11 +277,17 @@ def test_adapted_novelty_blend_scores_as_evaluate_chose_it(trained, tmp_path):
 
 
 def test_adapted_runs_of_format_1_are_still_read(trained, adapted, tmp_path):
-    """Version 1 stored one model under plain parameter names and no ``members``."""
+    """Version 1 stored one model under plain parameter names and no ``members``; version 2 (ensembles, keys
+    ``<member>/<name>``, no blends) is read as it is."""
     support, out, _ = adapted
     old = tmp_path / "old"
     shutil.copytree(out, old)
     tensors, record = load_checkpoint(old, analyst.ADAPTED)
+    save_checkpoint(old, analyst.ADAPTED, tensors, record | {"format": "metashield-adapted/2"})
+    v2_query = write(tmp_path / "q2.csv", trained.benign("test").iloc[:40])
+    analyst.predict_file(out, v2_query, tmp_path / "v3.csv")
+    analyst.predict_file(old, v2_query, tmp_path / "v2.csv")
+    assert (tmp_path / "v3.csv").read_bytes() == (tmp_path / "v2.csv").read_bytes()
     record = {k: v for k, v in record.items() if k != "members"} | {"format": "metashield-adapted/1"}
     save_checkpoint(old, analyst.ADAPTED, {k.removeprefix("maml/"): v for k, v in tensors.items()}, record)
     query = write(tmp_path / "q.csv", trained.benign("test").iloc[:40])
