@@ -51,11 +51,11 @@ from replay_blend import check_reproduces  # noqa: E402
 from seed_ensemble import paired_gain  # noqa: E402
 
 from metashield._atomic import atomic_write_json, atomic_write_text  # noqa: E402
-from metashield.config import config_from_dict  # noqa: E402
+from metashield.config import NoveltyConfig, config_from_dict  # noqa: E402
 from metashield.evaluation.baselines import ENSEMBLE, Scorer, learner_scorer  # noqa: E402
 from metashield.evaluation.metrics import tpr_at_fpr  # noqa: E402
-from metashield.evaluation.novelty import SUFFIX, NoveltyTable, blend, margin_scale, with_reference  # noqa: E402
-from metashield.evaluation.protocol import CHUNK, EpisodeSet, set_metrics  # noqa: E402
+from metashield.evaluation.novelty import SUFFIX, NoveltyTable, blend, margin_scale, set_margins  # noqa: E402
+from metashield.evaluation.protocol import EpisodeSet, set_metrics  # noqa: E402
 from metashield.evaluation.report import summarise_method  # noqa: E402
 from metashield.runs import (  # noqa: E402
     held_out_episode_sets,
@@ -68,9 +68,11 @@ from metashield.workflow import baseline_scorer  # noqa: E402
 
 NOVELTY = "novelty"
 KNN_REPLAY = "knn-replay"
-K_GRID = (1, 5, 20)
-WEIGHTS = (0.25, 0.5, 0.75)
-REFERENCE_ROWS = 500
+# The grids `metashield evaluate` searches by default (evaluate.novelty): the study scores what it scores.
+_DEFAULTS = NoveltyConfig(methods=["metasgd"])
+K_GRID = tuple(_DEFAULTS.ks)
+WEIGHTS = tuple(_DEFAULTS.weights)
+REFERENCE_ROWS = _DEFAULTS.reference_rows
 META_PARTS = ("metasgd", ENSEMBLE)
 BASE_PARTS = ("finetune", "logreg-replay")
 
@@ -90,14 +92,7 @@ def set_scores(
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Raw (query, reference) margins of every part and of the ensemble, the mean of its members' (the
     two-class margin of ``meta.Ensemble``'s mean logits, as ``evaluate`` scores it)."""
-    out = {}
-    for p, scorer in parts.items():
-        margins = with_reference(scorer, reference)
-        chunks = [
-            margins(es.support_x[i : i + CHUNK], es.support_y[i : i + CHUNK], es.query_x[i : i + CHUNK])
-            for i in range(0, len(es.support_x), CHUNK)
-        ]
-        out[p] = tuple(np.concatenate([c[i] for c in chunks]) for i in (0, 1))
+    out = {p: set_margins(scorer, es, reference) for p, scorer in parts.items()}
     if members:
         out[ENSEMBLE] = tuple(np.mean([out[a][i] for a in members], axis=0) for i in (0, 1))
     return out

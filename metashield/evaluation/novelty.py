@@ -14,6 +14,7 @@ meta-val (``evaluate.novelty``).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -22,7 +23,7 @@ from torch import nn
 
 from metashield.evaluation.baselines import Scorer
 from metashield.evaluation.metrics import tpr_at_fpr
-from metashield.evaluation.protocol import CHUNK, EpisodeSet, worst_case_scores
+from metashield.evaluation.protocol import EpisodeSet, score_set, worst_case_scores
 
 SUFFIX = "+novelty"
 """``<method>+novelty`` names a method's blend with benign novelty in ``metrics.json``."""
@@ -85,14 +86,9 @@ def margin_scale(reference_margins: np.ndarray) -> np.ndarray:
     return scale
 
 
-def blend(
-    margins: np.ndarray,
-    margin_scale: np.ndarray | float,
-    novelty: np.ndarray,
-    novelty_scale: float,
-    weight: float,
-) -> np.ndarray:
-    """w * margins / margin_scale + (1 - w) * novelty / novelty_scale; arrays broadcast ([E, M], [E, 1])."""
+def blend(margins, margin_scale, novelty, novelty_scale: float, weight: float):
+    """w * margins / margin_scale + (1 - w) * novelty / novelty_scale, for numpy arrays (evaluation, adapted
+    runs) and torch tensors (``NoveltyLearner``, differentiable) alike; shapes broadcast ([E, M], [E, 1])."""
     return weight * margins / margin_scale + (1 - weight) * novelty / novelty_scale
 
 
@@ -107,6 +103,15 @@ def with_reference(scorer: Scorer, reference: torch.Tensor) -> Callable:
         return scores[:, :m], scores[:, m:]
 
     return score
+
+
+def set_margins(scorer: Scorer, es: EpisodeSet, reference: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """(margins on the queries of ``es`` [E, M], on the reference rows [E, R]) from one adaptation per
+    episode, scored in ``score_set``'s chunks."""
+    m = es.query_x.shape[1]
+    ref = reference.to(device=es.query_x.device, dtype=es.query_x.dtype).expand(es.query_x.shape[0], -1, -1)
+    scores = score_set(scorer, dataclasses.replace(es, query_x=torch.cat([es.query_x, ref], dim=1)))
+    return scores[:, :m], scores[:, m:]
 
 
 def novelty_scorer(
@@ -136,18 +141,10 @@ def tune_blend(
     """The (weight, k) with the best meta-val TPR@1%FPR (mean over families of the episode mean; ties: the
     first in ``weights`` x ``table.ks``), from one adaptation per episode. Returns (best, every point)."""
     scales = table(reference).std(axis=0)
-    margins = with_reference(scorer, reference)
     parts = {}
     for fam, es in sets.items():
-        chunks = [
-            margins(es.support_x[i : i + CHUNK], es.support_y[i : i + CHUNK], es.query_x[i : i + CHUNK])
-            for i in range(0, len(es.support_x), CHUNK)
-        ]
-        parts[fam] = (
-            np.concatenate([q for q, _ in chunks]),
-            margin_scale(np.concatenate([r for _, r in chunks])),
-            table(es.query_x),
-        )
+        q, ref = set_margins(scorer, es, reference)
+        parts[fam] = (q, margin_scale(ref), table(es.query_x))
     trace = []
     for w in weights:
         for j, k in enumerate(table.ks):
@@ -200,6 +197,6 @@ class NoveltyLearner(nn.Module):
         base = {name: p for name, p in params.items() if name != MARGIN_SCALE}
         logits = self.learner.predict(base, x)
         distance = neighbour_distances(x.reshape(-1, x.shape[-1]), self.index, [self.k]).reshape(x.shape[:-1])
-        score = self.weight * (logits[..., 1] - logits[..., 0]) / params[MARGIN_SCALE]
-        score = score + (1 - self.weight) * distance / self.novelty_scale
+        margin = logits[..., 1] - logits[..., 0]
+        score = blend(margin, params[MARGIN_SCALE], distance, self.novelty_scale, self.weight)
         return torch.stack([torch.zeros_like(score), score], dim=-1)

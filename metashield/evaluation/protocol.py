@@ -82,11 +82,7 @@ def build_episode_sets(
     return sets
 
 
-CHUNK = 25
-"""Episodes per scorer call: bounds memory; a scorer sees the same chunks wherever it is scored."""
-
-
-def score_set(scorer: Scorer, es: EpisodeSet, chunk: int = CHUNK) -> np.ndarray:
+def score_set(scorer: Scorer, es: EpisodeSet, chunk: int = 25) -> np.ndarray:
     """Scores [E, M]; episodes go through the scorer in chunks to bound memory."""
     parts = [
         scorer(es.support_x[i : i + chunk], es.support_y[i : i + chunk], es.query_x[i : i + chunk])
