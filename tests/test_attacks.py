@@ -15,7 +15,7 @@ from metashield.attacks.engine import Attack, _checkpoints, classifier_objective
 from metashield.attacks.presets import get_attack
 from metashield.data import FeaturePipeline, TabularData
 from metashield.data.schema import FeatureSpec, ThreatSchema
-from metashield.evaluation.robust import detected, robust_evaluate, worst_case
+from metashield.evaluation.robust import LARGE_EDITS, detected, large_eps, robust_evaluate, worst_case
 
 SCHEMA = ThreatSchema(
     features={
@@ -277,6 +277,23 @@ def test_sanity_checks_flag_gradient_masking_and_pass_on_an_honest_model():
     honest = robust_evaluate(_linear(w), benign, attack, constraints=box, eps=[2.0], seed=0)
     assert honest["flags"] == [], honest["sanity"]
     assert honest["sanity"]["large_eps"]["robust_tpr"] == 0.0
+
+
+def test_large_eps_frees_a_value_clipped_at_one_end_of_the_box():
+    """A malicious value clipped at +10 must be able to reach benign values below 0: a ball as wide as the
+    clip (the earlier constant 10) stops it at 0 and would flag an honest linear detector."""
+    gen = torch.Generator().manual_seed(1)
+    box = box_constraints(1, -10.0, 10.0, dtype=torch.float64)
+    assert large_eps(box, "linf") == 20.0
+    assert large_eps(box_constraints(4, -10.0, 10.0), "l2") == pytest.approx(40.0)
+    assert large_eps(box_constraints(4), "linf") == 20.0  # no finite bound: twice the default clip
+    assert large_eps(box, "edits") == LARGE_EDITS
+    benign = -2 + 0.3 * torch.randn(1, 500, 1, generator=gen, dtype=torch.float64)
+    attack = torch.full((1, 20, 1), 10.0, dtype=torch.float64)
+    out = robust_evaluate(_linear(torch.ones(1, dtype=torch.float64)), benign, attack, constraints=box, eps=[1.0])
+    check = out["sanity"]["large_eps"]
+    assert check["eps"] == 20.0 and check["clean_tpr"] == 1.0
+    assert check["robust_tpr"] == 0.0 and "large_eps" not in out["flags"]
 
 
 def test_bad_attack_parameters_are_clear_errors():

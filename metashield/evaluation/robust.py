@@ -25,8 +25,27 @@ from metashield.evaluation.metrics import roc_auc, threshold_at_fpr
 Forward = Callable[[Tensor], Tensor]
 """x [T, M, D] -> logits [T, M, 2] under each task's (adapted) parameters."""
 
-LARGE_EPS = 10.0
-"""The "large epsilon" of the sanity check, in z-units: as large as the pipeline's default clip."""
+UNBOUNDED_LARGE_EPS = 20.0
+"""The sanity check's "large epsilon" (z-units) when no mutable feature has a finite box: twice the
+pipeline's default clip."""
+
+LARGE_EDITS = 10
+"""The sanity check's large budget for the ``edits`` norm, in whole edits."""
+
+
+def large_eps(constraints: Constraints, norm: str) -> float:
+    """The "large epsilon" of the sanity check: a ball that holds the whole box of the mutable features
+    (z-units; L∞: the widest finite interval, L2: the diagonal over the finite ones), ``LARGE_EDITS`` for the
+    ``edits`` norm. A ball only as wide as the clip (10) is not enough: a rare value clipped at +10 (NSL-KDD's
+    land = 1) then cannot return to its usual z near 0, and the check would credit the detector with
+    robustness that comes from the ball, not from the immutable features."""
+    if norm == "edits":
+        return float(LARGE_EDITS)
+    width = (constraints.upper - constraints.lower)[constraints.mutable].double()
+    width = width[torch.isfinite(width)]
+    if not width.numel():
+        return UNBOUNDED_LARGE_EPS
+    return float(width.max() if norm == "linf" else width.norm())
 
 
 def _scores(forward: Forward, x: Tensor) -> Tensor:
@@ -183,10 +202,11 @@ def _sanity(
         # Cross-entropy saturates to an exactly zero gradient far from the boundary, which a huge ball reaches
         # from a random start; the margin loss does not.
         widest = next((a for a in gradient if a.loss == "margin"), replace(first, loss="margin"))
-        huge, _ = attack_scores(forward, attack_x, widest, LARGE_EPS, constraints, seed + 202, layers)
+        big = large_eps(constraints, widest.norm)
+        huge, _ = attack_scores(forward, attack_x, widest, big, constraints, seed + 202, layers)
         clean_tpr, large = rate(), rate(huge)
         checks["large_eps"] = {
-            "eps": LARGE_EPS,
+            "eps": big,
             "attack": widest.name,
             "clean_tpr": clean_tpr,
             "robust_tpr": large,
