@@ -86,7 +86,7 @@ def _ensemble(device: str, x: torch.Tensor, constraints) -> tuple[list[torch.Ten
     with torch.no_grad():
         params = ensemble.adapt(sx, sy)
     objective = classifier_objective(lambda z: ensemble.predict(params, z), torch.ones_like(qy), "ce")
-    attack = get_attack("pgd", random_start=False)
+    attack = get_attack("pgd", start="input")
     adv, _ = perturb(objective, qx, attack=attack, eps=1.0, constraints=constraints)
     bad = constraints.to(adv).violations(adv.flatten(0, 1), qx.flatten(0, 1), 1.0)
     assert sum(bad.values()) == 0, (device, "ensemble", bad)
@@ -118,7 +118,7 @@ def main() -> int:
         m = model.to(device)
         xd, yd = x.to(device), y.to(device)
         for name in ("pgd", "apgd-ce"):
-            attack = get_attack(name, random_start=False)
+            attack = get_attack(name, start="input")
             for kind, objective in (
                 ("autograd", classifier_objective(m, yd, attack.loss)),
                 ("closed form", MLPObjective(mlp_layers(m), yd, attack.loss)),

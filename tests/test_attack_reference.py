@@ -35,7 +35,7 @@ PGD_REF = Attack(
     norm="linf",
     steps=STEPS,
     step_size=ALPHA / EPS,
-    random_start=False,
+    start="input",
     keep="last",
 )
 

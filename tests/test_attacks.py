@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -188,7 +189,7 @@ def test_l2_pgd_reaches_the_closed_form_optimum_of_a_linear_detector():
     gen = torch.Generator().manual_seed(0)
     w = torch.randn(8, generator=gen, dtype=torch.float64)
     x0 = torch.randn(4, 8, generator=gen, dtype=torch.float64)
-    attack = get_attack("pgd", norm="l2", steps=60, random_start=False)
+    attack = get_attack("pgd", norm="l2", steps=60, start="input")
     _, score = perturb(
         classifier_objective(_linear(w), torch.ones(4, dtype=torch.int64), "margin"),
         x0,
@@ -279,6 +280,66 @@ def test_sanity_checks_flag_gradient_masking_and_pass_on_an_honest_model():
     assert honest["sanity"]["large_eps"]["robust_tpr"] == 0.0
 
 
+class _FlatNovelty(nn.Module):
+    """Score min(1, squared distance to the nearest benign row) - 0.5: flat, with a zero gradient, more than
+    one unit from every benign row, so a gradient attack that starts there cannot move."""
+
+    def __init__(self, benign: torch.Tensor) -> None:
+        super().__init__()
+        self.benign = benign
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d2 = torch.cdist(x, self.benign).square().amin(-1)
+        s = d2.clamp(max=1.0) - 0.5
+        return torch.stack([torch.zeros_like(s), s], -1)
+
+
+def test_mimicry_starts_at_the_benign_row_the_sample_can_reach_where_gradients_are_flat():
+    gen = torch.Generator().manual_seed(4)
+    benign = 4 * torch.rand(1, 300, 3, generator=gen, dtype=torch.float64)
+    # Each malicious row is a benign row moved 3 units along one axis, out of the flat region's reach.
+    source = benign[:, :20]
+    attack = source + torch.tensor([3.0, 0.0, 0.0], dtype=torch.float64)
+    box = box_constraints(3, -10.0, 10.0, dtype=torch.float64)
+    detector = _FlatNovelty(benign[0])
+    out = robust_evaluate(detector, benign, attack, constraints=box, eps=[3.0], seed=0)
+    robust = out["robust"]["3.0"]
+    assert out["clean"]["tpr"] == [1.0]
+    assert robust["per_attack_tpr"]["mimicry"] == [0.0]
+    for name in ("pgd", "apgd-ce", "apgd-margin", "square"):
+        assert robust["per_attack_tpr"][name][0] > 0.5, name
+    assert robust["tpr"] == [0.0] and sum(robust["violations"].values()) == 0
+    # With one axis immutable, no guide is within reach of the first row: the start is the guide nearest to
+    # the feasible box, projected into it; a detector flat everywhere in reach keeps the last iterate there.
+    flat = _FlatNovelty(torch.full((1, 3), 100.0, dtype=torch.float64))
+    objective = classifier_objective(flat, torch.ones(1, 20, dtype=torch.int64), "margin")
+    frozen = dataclasses.replace(box, mutable=torch.tensor([True, True, False]))
+    guides = torch.tensor([[9.0, 9.0, 9.0]] * 15 + [[1.0, 1.0, 5.0]], dtype=torch.float64)
+    last = dataclasses.replace(get_attack("mimicry"), keep="last")
+    x, _ = perturb(objective, attack, attack=last, eps=3.0, constraints=frozen, guides=guides)
+    nearest = torch.maximum(torch.minimum(guides[-1], attack[0, 0] + 3), attack[0, 0] - 3)
+    nearest[2] = attack[0, 0, 2]
+    assert torch.equal(x[0, 0], nearest)
+
+
+def test_a_benign_start_is_refused_where_it_cannot_work():
+    objective = classifier_objective(
+        _linear(torch.ones(3, dtype=torch.float64)), torch.ones(2, dtype=torch.int64), "ce"
+    )
+    x0 = torch.zeros(2, 3, dtype=torch.float64)
+    box = box_constraints(3, dtype=torch.float64)
+    with pytest.raises(ValueError, match="pass guides"):
+        perturb(objective, x0, attack=get_attack("mimicry"), eps=1.0, constraints=box)
+    with pytest.raises(ValueError, match="at least 16 guides"):
+        perturb(
+            objective, x0, attack=get_attack("mimicry"), eps=1.0, constraints=box, guides=torch.zeros(3, 3)
+        )
+    with pytest.raises(ValueError, match="rule 'pgd' or 'apgd'"):
+        Attack("bad", loss="margin", rule="square", start="benign")
+    with pytest.raises(ValueError, match="start must be one of"):
+        Attack("bad", start="benign-ish")
+
+
 def test_large_eps_frees_a_value_clipped_at_one_end_of_the_box():
     """A malicious value clipped at +10 must be able to reach benign values below 0: a ball as wide as the
     clip (the earlier constant 10) stops it at 0 and would flag an honest linear detector."""
@@ -290,7 +351,8 @@ def test_large_eps_frees_a_value_clipped_at_one_end_of_the_box():
     assert large_eps(box, "edits") == LARGE_EDITS
     benign = -2 + 0.3 * torch.randn(1, 500, 1, generator=gen, dtype=torch.float64)
     attack = torch.full((1, 20, 1), 10.0, dtype=torch.float64)
-    out = robust_evaluate(_linear(torch.ones(1, dtype=torch.float64)), benign, attack, constraints=box, eps=[1.0])
+    detector = _linear(torch.ones(1, dtype=torch.float64))
+    out = robust_evaluate(detector, benign, attack, constraints=box, eps=[1.0])
     check = out["sanity"]["large_eps"]
     assert check["eps"] == 20.0 and check["clean_tpr"] == 1.0
     assert check["robust_tpr"] == 0.0 and "large_eps" not in out["flags"]

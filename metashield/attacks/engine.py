@@ -10,7 +10,12 @@ lowest score (the original input included, so an attack never helps the detector
 Step rules: ``pgd`` (fixed step, sign for L∞, normalised gradient for L2; FGSM is one full-size step),
 ``apgd`` (momentum and a per-unit step size halved at checkpoints when progress stalls, after Croce & Hein,
 ICML 2020) and ``square`` (score-based random search over vertices of the ball, after Andriushchenko et al.,
-ECCV 2020, without gradients: the check for gradient masking). ``greedy`` spends a budget of ``eps`` whole
+ECCV 2020, without gradients: the check for gradient masking). Initialisation: the input, a random point
+of the ball, or ``benign``: the benign row (of ``guides``, rows the attacker has seen) that the constraints
+let it come closest to, projected into the ball; the mimicry attack of Šrndić & Laskov (IEEE S&P 2014) as
+the start of a gradient attack. It is the start that finds the evasions of a detector with a distance-to-
+benign term (``evaluation.novelty``), whose gradient points at the current nearest benign rows only.
+``greedy`` spends a budget of ``eps`` whole
 edits (norm ``edits``: one word, flag or count more or fewer), each on the feature whose edit the gradient
 says helps most, in the spirit of the feature-addition attacks on Android malware detectors (Grosse et al.,
 ESORICS 2017); it is the budget that means something for binary and count features.
@@ -36,6 +41,13 @@ x0 (``attacks.fast_mlp``)."""
 
 LOSSES = ("ce", "margin")
 RULES = ("pgd", "apgd", "square", "greedy")
+STARTS = ("input", "random", "benign")
+
+GUIDE_CANDIDATES = 16
+"""Guides scored per row by a ``benign`` start: those the constraints let the row come closest to."""
+
+GUIDE_CHUNK = 2**24
+"""Elements (rows x guides x features) per pass of the guide ranking, which bounds its memory."""
 
 
 @dataclass(frozen=True)
@@ -45,7 +57,8 @@ class Attack:
     loss: ``ce`` (cross-entropy of the true class) or ``margin`` (CW-style z_true - max other z; binary safe).
     rule: ``pgd``, ``apgd`` or ``square``. norm: ``linf`` or ``l2`` (z-units). steps: iterations per restart.
     step_size: PGD step as a fraction of eps. restarts: independent runs, the best per unit kept.
-    random_start: start each restart at a random feasible point of the ball instead of the input.
+    start: ``input``, ``random`` (a random feasible point of the ball) or ``benign`` (restart i from the
+    i-th best of the projected ``guides``; see the module docstring).
     keep: ``best`` (lowest score over all iterates) or ``last`` (final iterate, as torchattacks and ART).
     """
 
@@ -56,7 +69,7 @@ class Attack:
     steps: int = 20
     step_size: float = 0.25
     restarts: int = 1
-    random_start: bool = True
+    start: str = "random"
     keep: str = "best"
 
     def __post_init__(self) -> None:
@@ -71,6 +84,14 @@ class Attack:
             raise ValueError(f"attack {self.name!r}: steps and restarts must be >= 1")
         if not (self.step_size > 0 and math.isfinite(self.step_size)):
             raise ValueError(f"attack {self.name!r}: step_size must be > 0, got {self.step_size}")
+        if self.start not in STARTS:
+            raise ValueError(f"attack {self.name!r}: start must be one of {STARTS}, got {self.start!r}")
+        if self.start == "benign" and self.rule not in ("pgd", "apgd"):
+            raise ValueError(f"attack {self.name!r}: a benign start goes with rule 'pgd' or 'apgd'")
+        if self.start == "benign" and self.restarts > GUIDE_CANDIDATES:
+            raise ValueError(
+                f"attack {self.name!r}: a benign start has {GUIDE_CANDIDATES} guides per row to restart from"
+            )
         if self.keep not in ("best", "last"):
             raise ValueError(f"attack {self.name!r}: keep must be 'best' or 'last', got {self.keep!r}")
         if self.keep == "last" and self.restarts != 1:
@@ -132,7 +153,8 @@ class _Run:
         constraints: Constraints,
         free: Tensor | None,
     ) -> None:
-        self.full_x0, self.full_mutable, self.columns = x0, constraints.mutable, None
+        self.full_x0, self.full_constraints, self.columns = x0, constraints, None
+        self.full_mutable = constraints.mutable
         # Sign steps and edits never use the gradient of an immutable column, and the projection holds those
         # columns at x0. So where the objective can (``MLPObjective.restrict``), the iterates hold the
         # mutable columns only: the objective precomputes the rest, and every step's elementwise work and
@@ -197,10 +219,13 @@ def perturb(
     constraints: Constraints,
     free: Tensor | None = None,
     seed: int = 0,
+    guides: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Run ``attack`` from ``x0`` [..., D]; returns (adversarial x [..., D], its score [unit shape]).
 
     free: bool [...] rows allowed to move (e.g. only malicious samples); the others stay exactly as given.
+    guides: benign rows [G, D], or [*lead, G, D] per leading index of x0 (e.g. per task), for a ``benign``
+    start, which also needs one score per row.
     The result satisfies every constraint and the ``eps`` ball around ``x0``. Seeded: the same call gives
     the same result.
     """
@@ -220,12 +245,55 @@ def perturb(
     if eps == 0:
         return run.widen(run.best_x), run.best_score
     rule = {"pgd": _pgd, "apgd": _apgd, "square": _square, "greedy": _greedy}[attack.rule]
-    for _ in range(attack.restarts):
-        random = attack.random_start and attack.norm != "edits"
-        # Drawn at full width whatever the iterates hold, so a seed gives the same attack either way.
-        start = run.project(run.narrow(_random_start(x0, eps, attack.norm, gen))) if random else run.x0
+    starts = _guide_starts(run, guides) if attack.start == "benign" else None
+    for i in range(attack.restarts):
+        if starts is not None:
+            start = starts[i]
+        elif attack.start == "random" and attack.norm != "edits":
+            # Drawn at full width whatever the iterates hold, so a seed gives the same attack either way.
+            start = run.project(run.narrow(_random_start(x0, eps, attack.norm, gen)))
+        else:
+            start = run.x0
         last, last_score = rule(run, start, gen)
     return (run.widen(run.best_x), run.best_score) if run.track else (run.widen(last), last_score)
+
+
+def _guide_starts(run: _Run, guides: Tensor | None) -> Tensor:
+    """[GUIDE_CANDIDATES, ..., D_held]: per row, the projected guides best score first.
+
+    The candidates are the guides nearest to the row's feasible box (the ball as a box, which holds the L2
+    ball too, intersected with the constraints' box, immutable and increase-only columns): a cheap bound on
+    how close the row can come to each guide; only those are projected and scored.
+    """
+    x0, c = run.full_x0, run.full_constraints
+    rows, d = x0.shape[:-1], x0.shape[-1]
+    if guides is None:
+        raise ValueError(f"attack {run.attack.name!r} starts from benign rows: pass guides")
+    if run.best_score.shape != rows:
+        raise ValueError(f"attack {run.attack.name!r}: a benign start needs one score per row")
+    lead = guides.shape[:-2]
+    if guides.dim() < 2 or guides.shape[-1] != d or tuple(rows[: len(lead)]) != tuple(lead):
+        raise ValueError(f"guides must be [G, {d}] or [*lead, G, {d}] with lead a prefix of {tuple(rows)}")
+    if guides.shape[-2] < GUIDE_CANDIDATES:
+        raise ValueError(f"a benign start needs at least {GUIDE_CANDIDATES} guides, got {guides.shape[-2]}")
+    lo = torch.where(c.mutable, torch.maximum(x0 - run.eps, c.lower), x0)
+    lo = torch.where(c.increase_only, torch.maximum(lo, x0), lo)
+    hi = torch.where(c.mutable, torch.minimum(x0 + run.eps, c.upper), x0)
+    n_lead = math.prod(lead)
+    g = guides.to(x0).reshape(n_lead, -1, d)
+    lo, hi = lo.reshape(n_lead, -1, d), hi.reshape(n_lead, -1, d)
+    chunk = max(1, GUIDE_CHUNK // (g.shape[1] * d))
+    picks = []
+    for j in range(n_lead):
+        for i in range(0, lo.shape[1], chunk):
+            below, above = lo[j, i : i + chunk, None] - g[j], g[j] - hi[j, i : i + chunk, None]
+            gap = (below.clamp_min(0) + above.clamp_min(0)).square().sum(-1)
+            picks.append(g[j][gap.topk(GUIDE_CANDIDATES, dim=1, largest=False).indices])
+    candidates = torch.cat(picks).reshape(*rows, GUIDE_CANDIDATES, d).movedim(-2, 0)
+    points = torch.stack([run.project(run.narrow(candidate)) for candidate in candidates])
+    scores = torch.stack([run.evaluate(p, need_grad=False)[1] for p in points])
+    order = scores.argsort(dim=0).unsqueeze(-1).expand_as(points)
+    return points.gather(0, order)
 
 
 def _pgd(run: _Run, x: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -302,7 +370,7 @@ def _square(run: _Run, x: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]
     mutable = run.full_mutable
     shape = x.shape[:-1] + mutable.shape
     n_mutable = max(1, int(mutable.sum()))
-    # Square starts at a vertex of the ball (L∞) whatever ``random_start`` says: vertices are where
+    # Square starts at a vertex of the ball (L∞) whatever ``start`` says: vertices are where
     # a score-based search over an L∞ ball does best.
     if norm == "linf":
         start = torch.where(mutable, vertex(shape), torch.zeros(shape, device=device, dtype=dtype))

@@ -72,11 +72,13 @@ def attack_scores(
     constraints: Constraints,
     seed: int,
     layers: Layers | None = None,
+    guides: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, int]]:
     """Adversarial scores [T, A] of the malicious queries and the constraint violations of the result.
 
     layers: the (weight, bias) stack of ``forward`` when it is a Linear/ReLU MLP (``fast_mlp.mlp_layers``):
-    the same attack with the input gradient in closed form instead of autograd.
+    the same attack with the input gradient in closed form instead of autograd. guides: benign rows [T, G, D]
+    for an attack that starts from them (``mimicry``).
     """
     y = torch.ones(attack_x.shape[:-1], dtype=torch.int64, device=attack_x.device)
     objective = (
@@ -91,6 +93,7 @@ def attack_scores(
         eps=eps,
         constraints=constraints,
         seed=seed,
+        guides=guides,
     )
     return _scores(forward, x_adv), constraints.to(attack_x).violations(x_adv, attack_x, eps, attack.norm)
 
@@ -108,10 +111,13 @@ def robust_evaluate(
     seed: int = 0,
     sanity: bool = True,
     layers: Layers | None = None,
+    guides: Tensor | None = None,
 ) -> dict:
     """Clean and robust detection of T tasks; benign_x [T, B, D] (clean only), attack_x [T, A, D].
 
     layers: ``forward``'s weights when it is a Linear/ReLU MLP, for the closed-form input gradient.
+    guides: the benign rows [T, G, D] or [G, D] a ``mimicry`` attacker has seen; by default each task's
+    benign queries (benign traffic of the same network, which an attacker on it can observe).
 
     Returns per-task lists (one value per task, for CIs over episodes): ``clean`` {tpr, auc}, and per eps
     ``robust`` {tpr (worst case over the ensemble), per_attack tpr, violations}. With ``sanity``, a
@@ -137,10 +143,11 @@ def robust_evaluate(
         "robust": {},
     }
     per_eps: dict[float, dict[str, Tensor]] = {}
+    pool = benign_x if guides is None else guides
     for e in eps:
         per_attack, violations = {}, []
         for i, attack in enumerate(ensemble):
-            scores, bad = attack_scores(forward, attack_x, attack, e, constraints, seed + i, layers)
+            scores, bad = attack_scores(forward, attack_x, attack, e, constraints, seed + i, layers, pool)
             per_attack[attack.name] = scores
             violations.append(bad)
         per_eps[e] = per_attack
