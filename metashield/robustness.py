@@ -151,6 +151,7 @@ def attack_run(
 def _query_threat(learner, sets, feasible, names, eps, norm, seed, *, sanity: bool, chunk: int = 10) -> dict:
     clean: dict[str, list] = {}
     robust: dict[str, dict[str, list]] = {str(e): {} for e in eps}
+    per_attack: dict[str, dict[str, dict[str, list]]] = {str(e): {a: {} for a in names} for e in eps}
     violations: dict[str, int] = {}
     checks = []
     for fam, es in sets.items():
@@ -178,6 +179,8 @@ def _query_threat(learner, sets, feasible, names, eps, norm, seed, *, sanity: bo
             for e in eps:
                 entry = result["robust"][str(e)]
                 robust[str(e)][fam] += entry["tpr"]
+                for a, tpr in entry["per_attack_tpr"].items():
+                    per_attack[str(e)][a].setdefault(fam, []).extend(tpr)
                 violations = {k: violations.get(k, 0) + v for k, v in entry["violations"].items()}
             if sanity:
                 checks.append(result["sanity"])
@@ -186,6 +189,12 @@ def _query_threat(learner, sets, feasible, names, eps, norm, seed, *, sanity: bo
         "robust_tpr@1%fpr": {e: _ci({f: np.array(v) for f, v in r.items()}, seed) for e, r in robust.items()},
         "violations": violations,
     }
+    if len(names) > 1:
+        # Which attack does the damage: each one's own TPR, before the worst case over all of them.
+        out["per_attack_tpr@1%fpr"] = {
+            e: {a: _ci({f: np.array(v) for f, v in fams.items()}, seed) for a, fams in by_attack.items()}
+            for e, by_attack in per_attack.items()
+        }
     if sanity:
         out["sanity"] = pool_sanity(checks)
         out["flags"] = [name for name, check in out["sanity"].items() if not check["ok"]]
@@ -315,6 +324,10 @@ def format_attack_table(report: dict) -> str:
             lines.append(f"{method}: clean TPR@1%FPR {_pct(r['clean_tpr@1%fpr'])}")
             for e, ci in r["robust_tpr@1%fpr"].items():
                 lines.append(f"  eps={e:<6} robust TPR@1%FPR {_pct(ci)}")
+                alone = r.get("per_attack_tpr@1%fpr", {}).get(e, {})
+                if alone:
+                    each = ", ".join(f"{a} {100 * c['mean']:.1f}" for a, c in alone.items())
+                    lines.append(f"    each attack alone: {each}")
             if "violations" in r:
                 lines.append(f"  constraint violations: {sum(r['violations'].values())}")
             for name, check in r.get("sanity", {}).items():

@@ -129,6 +129,10 @@ def test_cli_attack_ensemble_and_support_on_nsl_kdd(nsl_run, nsl_kdd_mirror, mon
         assert strong <= weak <= clean, (method, clean, weak, strong)
         assert strong < clean - 0.05, (method, clean, strong)
         assert r["sanity"]["large_eps"]["robust_tpr"] < r["sanity"]["large_eps"]["clean_tpr"]
+        # The worst case over the ensemble detects no more than any one of its attacks.
+        for e, alone in r["per_attack_tpr@1%fpr"].items():
+            assert set(alone) == set(report["attacks"]) and "mimicry" in alone
+            assert all(r["robust_tpr@1%fpr"][e]["mean"] <= c["mean"] + 1e-12 for c in alone.values())
     assert main([*args[:-2], "--methods", "maml", "--attack", "support", "--eps", "1.0"]) == 0
     support = json.loads((run / "attack.json").read_text())["methods"]["maml"]["1.0"]
     assert set(support) >= {"clean_tpr@1%fpr", "random_flip_tpr@1%fpr", "attacked_tpr@1%fpr"}
