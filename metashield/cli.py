@@ -339,9 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="pgd",
         choices=[*PRESETS, "ensemble", "support", "end-to-end"],
         help="an evasion attack on the queries after adaptation, 'ensemble' (worst case per sample of "
-        "pgd, apgd-ce, apgd-margin, mimicry and square, with sanity checks), 'support' (poisoned support "
-        "set) or "
-        "'end-to-end' (each query is also a support row; gradients flow through its adaptation)",
+        "pgd, apgd-ce, apgd-margin, mimicry and square, with sanity checks), 'support' (poisoned "
+        "support set) or 'end-to-end' (each query is also a support row; gradients flow through its "
+        "adaptation)",
     )
     at.add_argument(
         "--eps",

@@ -11,14 +11,16 @@ Step rules: ``pgd`` (fixed step, sign for L∞, normalised gradient for L2; FGSM
 ``apgd`` (momentum and a per-unit step size halved at checkpoints when progress stalls, after Croce & Hein,
 ICML 2020) and ``square`` (score-based random search over vertices of the ball, after Andriushchenko et al.,
 ECCV 2020, without gradients: the check for gradient masking). Initialisation: the input, a random point
-of the ball, or ``benign``: the benign row (of ``guides``, rows the attacker has seen) that the constraints
-let it come closest to, projected into the ball; the mimicry attack of Šrndić & Laskov (IEEE S&P 2014) as
-the start of a gradient attack. It is the start that finds the evasions of a detector with a distance-to-
-benign term (``evaluation.novelty``), whose gradient points at the current nearest benign rows only.
-``greedy`` spends a budget of ``eps`` whole
-edits (norm ``edits``: one word, flag or count more or fewer), each on the feature whose edit the gradient
-says helps most, in the spirit of the feature-addition attacks on Android malware detectors (Grosse et al.,
-ESORICS 2017); it is the budget that means something for binary and count features.
+of the ball, or ``benign``: the best-scoring of the benign rows (of ``guides``, rows the attacker has seen)
+that the constraints let it come closest to, projected into the ball; the mimicry attack of Šrndić & Laskov
+(IEEE S&P 2014) as the start of a gradient attack. It aims at evasions that a gradient from the input can
+miss on a detector with a distance-to-benign term (``evaluation.novelty``), whose gradient points at the
+current nearest benign rows only.
+
+``greedy`` spends a budget of ``eps`` whole edits (norm ``edits``: one word, flag or count more or fewer),
+each on the feature whose edit the gradient says helps most, in the spirit of the feature-addition attacks
+on Android malware detectors (Grosse et al., ESORICS 2017); it is the budget that means something for binary
+and count features.
 """
 
 from __future__ import annotations
