@@ -124,10 +124,13 @@ def attack_run(
     if threat == "query":
         names = list(DEFAULT_ENSEMBLE) if attack == "ensemble" else [attack]
         report["attacks"] = names
-        report["methods"] = {
-            m: _query_threat(learner, sets, feasible, names, eps, norm, seed, sanity=attack == "ensemble")
-            for m, learner in learners.items()
-        }
+        report["methods"], report["per_episode"] = {}, {}
+        for m, learner in learners.items():
+            report["methods"][m], report["per_episode"][m] = _query_threat(
+                learner, sets, feasible, names, eps, norm, seed, sanity=attack == "ensemble"
+            )
+        if len(learners) > 1:
+            report["paired"] = _paired_methods(report["per_episode"], seed)
     elif threat == "end-to-end":
         report.update(attack=attack, queries_per_episode=own_samples)
         report["methods"] = {
@@ -148,7 +151,10 @@ def attack_run(
     return report
 
 
-def _query_threat(learner, sets, feasible, names, eps, norm, seed, *, sanity: bool, chunk: int = 10) -> dict:
+def _query_threat(
+    learner, sets, feasible, names, eps, norm, seed, *, sanity: bool, chunk: int = 10
+) -> tuple[dict, dict]:
+    """(summaries with CIs, per-episode TPR by "clean" or eps and family) of the query threat."""
     clean: dict[str, list] = {}
     robust: dict[str, dict[str, list]] = {str(e): {} for e in eps}
     per_attack: dict[str, dict[str, dict[str, list]]] = {str(e): {a: {} for a in names} for e in eps}
@@ -198,6 +204,20 @@ def _query_threat(learner, sets, feasible, names, eps, norm, seed, *, sanity: bo
     if sanity:
         out["sanity"] = pool_sanity(checks)
         out["flags"] = [name for name, check in out["sanity"].items() if not check["ok"]]
+    return out, {"clean": clean, **robust}
+
+
+def _paired_methods(per_episode: dict[str, dict], seed: int) -> dict:
+    """The first method minus each other one, clean and per eps, paired on the same episodes (family-level
+    CI): positive means the first keeps more detection."""
+    first, *others = per_episode
+    out: dict = {}
+    for key in per_episode[first]:
+        a = {f: np.array(v) for f, v in per_episode[first][key].items()}
+        out[key] = {
+            f"{first} - {m}": _paired(a, {f: np.array(v) for f, v in per_episode[m][key].items()}, seed)
+            for m in others
+        }
     return out
 
 
@@ -342,6 +362,13 @@ def format_attack_table(report: dict) -> str:
                     f"[{100 * s['attacked_minus_random_flip']['family_ci'][0]:+.1f}, "
                     f"{100 * s['attacked_minus_random_flip']['family_ci'][1]:+.1f}]"
                 )
+    for key, pairs in report.get("paired", {}).items():
+        for name, d in pairs.items():
+            lo, hi = d["family_ci"]
+            lines.append(
+                f"paired TPR@1%FPR {name}, {'clean' if key == 'clean' else 'eps=' + key}: "
+                f"{100 * d['mean']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+            )
     return "\n".join(lines)
 
 

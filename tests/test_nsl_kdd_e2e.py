@@ -133,6 +133,14 @@ def test_cli_attack_ensemble_and_support_on_nsl_kdd(nsl_run, nsl_kdd_mirror, mon
         for e, alone in r["per_attack_tpr@1%fpr"].items():
             assert set(alone) == set(report["attacks"]) and "mimicry" in alone
             assert all(r["robust_tpr@1%fpr"][e]["mean"] <= c["mean"] + 1e-12 for c in alone.values())
+    # Paired on the same episodes: the family mean of the per-episode differences, clean and per eps.
+    per_episode = report["per_episode"]
+    assert set(report["paired"]) == {"clean", "0.1", "1.0"}
+    for key, pairs in report["paired"].items():
+        maml, finetune = per_episode["maml"][key], per_episode["finetune"][key]
+        by_hand = np.mean([np.mean(np.subtract(maml[f], finetune[f])) for f in maml])
+        assert pairs["maml - finetune"]["mean"] == pytest.approx(by_hand, abs=1e-12)
+    assert "paired TPR@1%FPR maml - finetune, eps=1.0" in out
     assert main([*args[:-2], "--methods", "maml", "--attack", "support", "--eps", "1.0"]) == 0
     support = json.loads((run / "attack.json").read_text())["methods"]["maml"]["1.0"]
     assert set(support) >= {"clean_tpr@1%fpr", "random_flip_tpr@1%fpr", "attacked_tpr@1%fpr"}
