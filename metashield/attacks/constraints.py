@@ -197,6 +197,15 @@ class Constraints:
             count = count - changed[..., self.int_idx].sum(-1) + units.abs().sum(-1)
         return count
 
+    def linf_interval(self, x0: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+        """(lo, hi) [..., D]: the L∞ ball around x0 [..., D] intersected with the box, the immutable columns
+        (held at x0) and the increase-only ones (never below x0); integers and one-hot groups aside."""
+        lo = torch.where(self.mutable, torch.maximum(x0 - eps, self.lower), x0)
+        lo = torch.where(self.increase_only, torch.maximum(lo, x0), lo)
+        hi = torch.where(self.mutable, torch.minimum(x0 + eps, self.upper), x0)
+        # Keep x0 itself inside even where float rounding put it an ulp outside the documented box.
+        return torch.minimum(lo, x0), torch.maximum(hi, x0)
+
     def _project_l2(self, x: Tensor, *, x0: Tensor, eps: float) -> Tensor:
         delta = torch.where(self.mutable, x - x0, torch.zeros_like(x))
         delta = torch.where(self.increase_only, delta.clamp_min(0), delta)
@@ -293,11 +302,7 @@ class _LinfProjector:
 
     def __init__(self, c: Constraints, x0: Tensor, eps: float) -> None:
         self.c, self.x0 = c, x0
-        lo = torch.where(c.mutable, torch.maximum(x0 - eps, c.lower), x0)
-        lo = torch.where(c.increase_only, torch.maximum(lo, x0), lo)
-        hi = torch.where(c.mutable, torch.minimum(x0 + eps, c.upper), x0)
-        # Keep x0 itself feasible even where float rounding put it an ulp outside the documented box.
-        self.lo, self.hi = torch.minimum(lo, x0), torch.maximum(hi, x0)
+        self.lo, self.hi = c.linf_interval(x0, eps)
         # Integer columns in two index sets, linear and log1p-scaled, so no step evaluates both maps.
         self.ints = []
         for log in (False, True):

@@ -267,7 +267,7 @@ def _guide_starts(run: _Run, guides: Tensor | None) -> Tensor:
     ball too, intersected with the constraints' box, immutable and increase-only columns): a cheap bound on
     how close the row can come to each guide; only those are projected and scored.
     """
-    x0, c = run.full_x0, run.full_constraints
+    x0 = run.full_x0
     rows, d = x0.shape[:-1], x0.shape[-1]
     if guides is None:
         raise ValueError(f"attack {run.attack.name!r} starts from benign rows: pass guides")
@@ -278,9 +278,7 @@ def _guide_starts(run: _Run, guides: Tensor | None) -> Tensor:
         raise ValueError(f"guides must be [G, {d}] or [*lead, G, {d}] with lead a prefix of {tuple(rows)}")
     if guides.shape[-2] < GUIDE_CANDIDATES:
         raise ValueError(f"a benign start needs at least {GUIDE_CANDIDATES} guides, got {guides.shape[-2]}")
-    lo = torch.where(c.mutable, torch.maximum(x0 - run.eps, c.lower), x0)
-    lo = torch.where(c.increase_only, torch.maximum(lo, x0), lo)
-    hi = torch.where(c.mutable, torch.minimum(x0 + run.eps, c.upper), x0)
+    lo, hi = run.full_constraints.linf_interval(x0, run.eps)
     n_lead = math.prod(lead)
     g = guides.to(x0).reshape(n_lead, -1, d)
     lo, hi = lo.reshape(n_lead, -1, d), hi.reshape(n_lead, -1, d)
