@@ -18,9 +18,13 @@ float32, ``--threads`` intra-op threads. Every method attacks 4,096 samples per 
   bounds, integer grids, one-hot groups.
 * ``metashield autograd (nsl-kdd)``: the same through autograd (``classifier_objective``), the path any
   other ``nn.Module`` takes.
+* ``metashield compiled (nsl-kdd)``: ``metashield (nsl-kdd)`` with ``perturb(compile=True)``: the objective
+  and each step's projection through ``torch.compile``. Its warm-up call compiles (the table's last column
+  gives that call's seconds); the rate is of the calls after it.
 * ``tasks batched``: 16 tasks adapted by ``MAML(inner_lr=0.2, inner_steps=5)`` (under ``torch.no_grad()``) on
   random support sets [16, 10, 121]; x [16, 256, 121] attacked in ONE ``perturb`` call with the per-task
   adapted weights (``MLPObjective`` on ``mlp_layers(model, params)``), NSL-KDD constraints.
+* ``tasks batched, compiled``: the same with ``compile=True``.
 * ``tasks loop``: the same 16 tasks attacked one ``perturb`` call each, with that task's parameters.
 
 Rounds are interleaved (every round runs every method once, in alternating order, to cancel drift) after one
@@ -73,7 +77,9 @@ METHODS = (
     "metashield (box)",
     "metashield (nsl-kdd)",
     "metashield autograd (nsl-kdd)",
+    "metashield compiled (nsl-kdd)",
     "tasks batched",
+    "tasks batched, compiled",
     "tasks loop",
 )
 LIBRARIES = {"torchattacks": "torchattacks", "art": "art"}  # method -> module it needs
@@ -144,7 +150,8 @@ def build(method: str, work: dict, cfg: argparse.Namespace) -> Run:
         )
         x_np, y_np = x.numpy(), y.numpy()
         return lambda: torch.from_numpy(art_pgd.generate(x_np, y_np))
-    if method in ("metashield (box)", "metashield (nsl-kdd)", "metashield autograd (nsl-kdd)"):
+    compile = "compiled" in method
+    if method.startswith("metashield"):
         constraints = box_constraints(121) if method == "metashield (box)" else work["nsl"]
         # What `metashield attack` runs for an MLP: the input gradient in closed form (attacks/fast_mlp.py);
         # the autograd row is the generic path any nn.Module takes.
@@ -152,11 +159,15 @@ def build(method: str, work: dict, cfg: argparse.Namespace) -> Run:
             objective = classifier_objective(model, y, "ce")
         else:
             objective = MLPObjective(mlp_layers(model), y, "ce")
-        return lambda: perturb(objective, x, attack=attack, eps=eps, constraints=constraints)[0]
-    return _build_tasks(method == "tasks batched", model, work, attack, eps)
+        return lambda: perturb(
+            objective, x, attack=attack, eps=eps, constraints=constraints, compile=compile
+        )[0]
+    return _build_tasks(method != "tasks loop", model, work, attack, eps, compile)
 
 
-def _build_tasks(batched: bool, model: nn.Module, work: dict, attack: Attack, eps: float) -> Run:
+def _build_tasks(
+    batched: bool, model: nn.Module, work: dict, attack: Attack, eps: float, compile: bool
+) -> Run:
     """``tasks batched`` (one ``perturb`` over [16, 256, 121]) or ``tasks loop`` (one per task)."""
     learner = MAML(model, inner_lr=0.2, inner_steps=5)
     with torch.no_grad():
@@ -167,7 +178,7 @@ def _build_tasks(batched: bool, model: nn.Module, work: dict, attack: Attack, ep
 
     def attack_tasks(p: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
         objective = MLPObjective(mlp_layers(model, p), y, "ce")
-        return perturb(objective, x, attack=attack, eps=eps, constraints=constraints)[0]
+        return perturb(objective, x, attack=attack, eps=eps, constraints=constraints, compile=compile)[0]
 
     if batched:
         return lambda: attack_tasks(params, xt, yt)
@@ -195,6 +206,8 @@ def worker_memory(cfg: argparse.Namespace) -> dict:
     torch.set_num_threads(cfg.threads)
     # The worker rebuilds the seeded workload instead of unpickling one: no torch.load of a pickle.
     run = build(cfg.method, prepare(cfg.seed), cfg)
+    if "compiled" in cfg.method:
+        run()  # the compilation's own memory is not the attack's working set
     # Lower the kernel's peak-RSS mark to the current RSS (Linux >= 4.0): the mark left by imports and setup
     # is higher than one attack's working set and would hide it.
     Path("/proc/self/clear_refs").write_text("5")
@@ -260,8 +273,11 @@ def main(argv: list[str] | None = None) -> int:
     methods = [m for m in METHODS if available(m)]
     missing = [m for m in METHODS if m not in methods]
     runs = {m: build(m, work, cfg) for m in methods}
-    for m in methods:  # warm-up: allocator, vmap and autograd caches
+    warmup: dict[str, float] = {}
+    for m in methods:  # warm-up: allocator, vmap and autograd caches, torch.compile
+        t0 = time.perf_counter()
         runs[m]()
+        warmup[m] = time.perf_counter() - t0
     times: dict[str, list[float]] = {m: [] for m in methods}
     for r in range(cfg.rounds):
         for m in methods if r % 2 == 0 else methods[::-1]:
@@ -282,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         return statistics.median(a / b for a, b in zip(times[ref], times[m], strict=True))
 
     rows = []
-    head = "| method | samples/s | vs torchattacks | vs ART | vs loop | peak RSS Δ MiB |"
+    head = "| method | samples/s | vs torchattacks | vs ART | vs loop | peak RSS Δ MiB | warm-up call s |"
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
     for m in methods:
@@ -298,10 +314,11 @@ def main(argv: list[str] | None = None) -> int:
                 "seconds": times[m],
                 "ratio": ratio,
                 "peak_mib": peak.get(m),
+                "warmup_s": warmup[m],
             }
         )
         cells = [fmt(ratio[k], ".2f", "x") for k in ("torchattacks", "art", "loop")]
-        print(f"| {m} | {rate[m]:.0f} | {' | '.join(cells)} | {fmt(peak.get(m), '.0f')} |")
+        print(f"| {m} | {rate[m]:.0f} | {' | '.join(cells)} | {fmt(peak.get(m), '.0f')} | {warmup[m]:.1f} |")
     print("# torchattacks attacks the rows min-max scaled to [0, 1] (its PGD clamps to [0, 1]): same work")
     if missing:
         print(f"# not installed, skipped: {', '.join(missing)}")

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from metashield import __version__
+from metashield.attacks.engine import set_compile
 from metashield.classify.config import DEMO_CONFIGS
 from metashield.config import BASELINES, DATASET_DEFAULTS, ConfigError, load_config
 from metashield.data import DownloadError
@@ -269,6 +270,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"metashield {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="run evasion attacks' steps through torch.compile: faster on large batches, after seconds of "
+        "compilation per new shape; needs a C++ compiler on CPU",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="list and download datasets").add_subparsers(
@@ -423,6 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.threads:
         torch.set_num_threads(args.threads)
+    set_compile(args.compile)
     try:
         return args.func(args)
     except (ConfigError, FileNotFoundError, FileExistsError, ValueError, DownloadError) as exc:

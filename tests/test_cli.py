@@ -38,3 +38,13 @@ def test_demo_names_the_datasets_it_supports(capsys):
 def test_family_classification_demo_refuses_detection_overrides(capsys):
     assert main(["demo", "--dataset", "mal-api", "--set", "train.steps=5"]) == 2
     assert "--set does not apply to the mal-api demo" in capsys.readouterr().err
+
+
+def test_compile_flag_sets_the_attack_engines_default(data_home, monkeypatch):
+    import metashield.attacks.engine as engine
+
+    monkeypatch.setattr(engine, "_compile_default", False)
+    assert main(["--compile", "data", "list"]) == 0
+    assert engine._compile_default is True
+    assert main(["data", "list"]) == 0
+    assert engine._compile_default is False

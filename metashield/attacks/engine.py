@@ -51,6 +51,29 @@ GUIDE_CANDIDATES = 16
 GUIDE_CHUNK = 2**24
 """Elements (rows x guides x features) per pass of the guide ranking, which bounds its memory."""
 
+_compile_default = False
+_compiled: dict[str, Callable] = {}
+
+
+def set_compile(enabled: bool) -> None:
+    """Default of ``perturb(compile=...)`` for this process (the CLI's ``--compile``)."""
+    global _compile_default
+    _compile_default = bool(enabled)
+
+
+def _fn(name: str, compile: bool) -> Callable:
+    """One of the step's hot functions, through ``torch.compile`` when asked.
+
+    Each is compiled once per process and takes the objects it works on as arguments, so a new attack call
+    reuses the compiled code: the guards check their tensors' shapes and dtypes, not their identity.
+    """
+    fn = _STEP_FUNCTIONS[name]
+    if not compile:
+        return fn
+    if name not in _compiled:
+        _compiled[name] = torch.compile(fn)
+    return _compiled[name]
+
 
 @dataclass(frozen=True)
 class Attack:
@@ -154,8 +177,10 @@ class _Run:
         attack: Attack,
         constraints: Constraints,
         free: Tensor | None,
+        compile: bool = False,
     ) -> None:
         self.full_x0, self.full_constraints, self.columns = x0, constraints, None
+        self.compile = compile
         self.full_mutable = constraints.mutable
         # Sign steps and edits never use the gradient of an immutable column, and the projection holds those
         # columns at x0. So where the objective can (``MLPObjective.restrict``), the iterates hold the
@@ -174,7 +199,7 @@ class _Run:
         self.projector = constraints.projector(x0, eps, attack.norm)
         self.track = attack.keep == "best"
         with torch.no_grad():
-            _, score = objective(x0)
+            _, score = _fn("value", compile)(objective, x0)
         self.best_x, self.best_score = x0.clone(), score.detach().clone()
 
     def narrow(self, t: Tensor) -> Tensor:
@@ -186,30 +211,66 @@ class _Run:
         return x if self.columns is None else self.full_x0.index_copy(-1, self.columns, x)
 
     def project(self, x: Tensor) -> Tensor:
-        x = self.projector(x)
-        return x if self.free is None else torch.where(self.free, x, self.x0)
+        return _fn("project", self.compile)(self, x)
+
+    def ascend(self, x: Tensor, g: Tensor, size: float | Tensor) -> Tensor:
+        """project(x + size * the step direction of g): sign (L∞) or unit gradient (L2); size float or
+        unit-shaped."""
+        return _fn("ascend", self.compile)(self, x, g, size)
 
     def evaluate(self, x: Tensor, need_grad: bool) -> tuple[Tensor, Tensor, Tensor | None]:
         """(loss, score, gradient of the summed loss w.r.t. x or None), recording the best iterate."""
-        fused = getattr(self.objective, "value_and_grad", None) if need_grad else None
-        if fused is not None:
-            loss, score, g = fused(x)
-        elif need_grad:
+        if need_grad and not hasattr(self.objective, "value_and_grad"):
             with torch.enable_grad():
                 xg = x.detach().requires_grad_(True)
-                loss, score = self.objective(xg)
+                loss, score = _fn("value", self.compile)(self.objective, xg)
                 (g,) = torch.autograd.grad(loss.sum(), xg)
+            loss, score = loss.detach(), score.detach()
+            best = _fn("record", self.compile)(self, x, score) if self.track else None
         else:
-            with torch.no_grad():
-                loss, score = self.objective(x)
-            g = None
-        loss, score = loss.detach(), score.detach()
-        if not self.track:
-            return loss, score, g
-        better = score < self.best_score
-        self.best_score = torch.where(better, score, self.best_score)
-        self.best_x = torch.where(_rows(better, x), x, self.best_x)
+            name = "evaluate_grad" if need_grad else "evaluate"
+            loss, score, g, best = _fn(name, self.compile)(self, x)
+        if best is not None:
+            self.best_score, self.best_x = best
         return loss, score, g
+
+
+def _record(run: _Run, x: Tensor, score: Tensor) -> tuple[Tensor, Tensor]:
+    """(best score, best iterate) per unit once ``x`` with ``score`` is seen."""
+    better = score < run.best_score
+    return torch.where(better, score, run.best_score), torch.where(_rows(better, x), x, run.best_x)
+
+
+def _evaluate(run: _Run, x: Tensor) -> tuple[Tensor, Tensor, None, tuple[Tensor, Tensor] | None]:
+    with torch.no_grad():
+        loss, score = run.objective(x)
+    return loss, score, None, _record(run, x, score) if run.track else None
+
+
+def _evaluate_grad(run: _Run, x: Tensor) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, Tensor] | None]:
+    loss, score, g = run.objective.value_and_grad(x)
+    return loss, score, g, _record(run, x, score) if run.track else None
+
+
+def _project(run: _Run, x: Tensor) -> Tensor:
+    x = run.projector(x)
+    return x if run.free is None else torch.where(run.free, x, run.x0)
+
+
+def _ascend(run: _Run, x: Tensor, g: Tensor, size: float | Tensor) -> Tensor:
+    if isinstance(size, Tensor):
+        size = _rows(size, x)
+    return _project(run, x + size * _normalise(g, run.attack.norm))
+
+
+_STEP_FUNCTIONS: dict[str, Callable] = {
+    "value": lambda objective, x: objective(x),
+    "record": _record,
+    "evaluate": _evaluate,
+    "evaluate_grad": _evaluate_grad,
+    "project": _project,
+    "ascend": _ascend,
+}
 
 
 def perturb(
@@ -222,12 +283,16 @@ def perturb(
     free: Tensor | None = None,
     seed: int = 0,
     guides: Tensor | None = None,
+    compile: bool | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Run ``attack`` from ``x0`` [..., D]; returns (adversarial x [..., D], its score [unit shape]).
 
     free: bool [...] rows allowed to move (e.g. only malicious samples); the others stay exactly as given.
     guides: benign rows [G, D], or [*lead, G, D] per leading index of x0 (e.g. per task), for a ``benign``
     start, which also needs one score per row.
+    compile: run the objective and the projection through ``torch.compile`` (default: ``set_compile``'s),
+    which fuses each step's elementwise passes into a few kernels; the first call of a new shape or
+    objective pays the compilation (seconds), and it needs a C++ compiler on CPU.
     The result satisfies every constraint and the ``eps`` ball around ``x0``. Seeded: the same call gives
     the same result.
     """
@@ -243,7 +308,8 @@ def perturb(
             raise ValueError(f"free must have the row shape {tuple(x0.shape[:-1])}, got {tuple(free.shape)}")
         free = free.to(x0.device)
     gen = torch.Generator(device=x0.device).manual_seed(seed)
-    run = _Run(objective, x0, eps, attack, constraints, free)
+    compile = _compile_default if compile is None else compile
+    run = _Run(objective, x0, eps, attack, constraints, free, compile)
     if eps == 0:
         return run.widen(run.best_x), run.best_score
     rule = {"pgd": _pgd, "apgd": _apgd, "square": _square, "greedy": _greedy}[attack.rule]
@@ -300,7 +366,7 @@ def _pgd(run: _Run, x: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
     step = run.attack.step_size * run.eps
     for _ in range(run.attack.steps):
         _, _, g = run.evaluate(x, need_grad=True)
-        x = run.project(torch.add(x, _normalise(g, run.attack.norm), alpha=step))
+        x = run.ascend(x, g, step)
     _, score, _ = run.evaluate(x, need_grad=False)
     return x, score
 
@@ -325,7 +391,7 @@ def _apgd(run: _Run, x: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
     eta = torch.full(unit, 2.0 * run.eps, device=x.device, dtype=x.dtype)
     best_loss, best_x, best_g = loss.clone(), x.clone(), g
     x_prev = x
-    x = run.project(x + _rows(eta, x) * _normalise(g, run.attack.norm))
+    x = run.ascend(x, g, eta)
     checkpoints = set(_checkpoints(steps))
     increases = torch.zeros(unit, device=x.device, dtype=x.dtype)
     since, last_best, last_eta = 0, best_loss.clone(), eta.clone()
@@ -349,7 +415,7 @@ def _apgd(run: _Run, x: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
             g = torch.where(_rows(halve, x), best_g, g)
             increases.zero_()
             since = 0
-        z = run.project(x + _rows(eta, x) * _normalise(g, run.attack.norm))
+        z = run.ascend(x, g, eta)
         x_next = run.project(x + momentum * (z - x) + (1 - momentum) * (x - x_prev))
         x_prev, x, prev_loss = x, x_next, loss
     _, score, _ = run.evaluate(x, need_grad=False)
