@@ -12,7 +12,16 @@ import torch
 from torch import nn
 
 from metashield.attacks.constraints import box_constraints, compile_constraints
-from metashield.attacks.engine import Attack, _checkpoints, classifier_objective, margin, perturb
+from metashield.attacks.engine import (
+    GUIDE_CANDIDATES,
+    Attack,
+    _checkpoints,
+    _guide_starts,
+    _Run,
+    classifier_objective,
+    margin,
+    perturb,
+)
 from metashield.attacks.presets import get_attack
 from metashield.data import FeaturePipeline, TabularData
 from metashield.data.schema import FeatureSpec, ThreatSchema
@@ -320,6 +329,32 @@ def test_mimicry_starts_at_the_benign_row_the_sample_can_reach_where_gradients_a
     nearest = torch.maximum(torch.minimum(guides[-1], attack[0, 0] + 3), attack[0, 0] - 3)
     nearest[2] = attack[0, 0, 2]
     assert torch.equal(x[0, 0], nearest)
+
+
+def test_mimicry_candidates_are_the_guides_nearest_to_each_rows_feasible_box():
+    """The ranking (immutable columns as one matmul, the others as distances to their interval) picks the
+    same candidates as the squared distance to the feasible box written out per row, column and guide."""
+    gen = torch.Generator().manual_seed(7)
+    x0 = torch.randn(2, 30, 6, generator=gen, dtype=torch.float64)
+    guides = torch.randn(2, 200, 6, generator=gen, dtype=torch.float64)
+    box = box_constraints(6, -2.0, 2.0, dtype=torch.float64)
+    frozen = dataclasses.replace(box, mutable=torch.tensor([True, False, True, True, False, True]))
+    objective = classifier_objective(
+        _linear(torch.ones(6, dtype=torch.float64)), torch.ones(2, 30).long(), "ce"
+    )
+    run = _Run(objective, x0, 0.5, get_attack("mimicry"), frozen.to(x0), None)
+    picked = _guide_starts(run, guides)
+    lo, hi = frozen.linf_interval(x0, 0.5)
+    gap = (lo.unsqueeze(-2) - guides.unsqueeze(1)).clamp_min(0) + (
+        guides.unsqueeze(1) - hi.unsqueeze(-2)
+    ).clamp_min(0)
+    nearest = gap.square().sum(-1).topk(GUIDE_CANDIDATES, dim=-1, largest=False).indices
+    for t in range(2):
+        for r in range(30):
+            # Under a plain box the projection is the clamp to the row's interval.
+            expected = torch.clamp(guides[t, nearest[t, r]], lo[t, r], hi[t, r])
+            got = picked[:, t, r]
+            assert sorted(map(tuple, got.tolist())) == sorted(map(tuple, expected.tolist()))
 
 
 def test_a_benign_start_is_refused_where_it_cannot_work():
