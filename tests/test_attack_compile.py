@@ -93,13 +93,13 @@ def test_a_new_attack_call_reuses_the_compiled_code(case):
 
 def test_set_compile_sets_the_default_of_perturb(case, monkeypatch):
     """``set_compile(True)`` (the CLI's ``--compile``) makes ``compile=None`` calls compile."""
-    import metashield.attacks.engine as engine
+    from metashield.attacks import state
 
     model, x0, c32 = case
     seen = []
-    real = engine._fn
-    monkeypatch.setattr(engine, "_fn", lambda name, compile: seen.append(compile) or real(name, False))
-    monkeypatch.setattr(engine, "_compile_default", False)
+    real = state._fn
+    monkeypatch.setattr(state, "_fn", lambda name, compile: seen.append(compile) or real(name, False))
+    monkeypatch.setattr(state, "_compile_default", False)
     objective = MLPObjective(mlp_layers(model), torch.ones(len(x0), dtype=torch.int64), "ce")
     kw = {"attack": get_attack("fgsm"), "eps": 1.0, "constraints": c32.to(x0)}
     perturb(objective, x0, **kw)

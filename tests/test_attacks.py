@@ -12,17 +12,11 @@ import torch
 from torch import nn
 
 from metashield.attacks.constraints import box_constraints, compile_constraints
-from metashield.attacks.engine import (
-    GUIDE_CANDIDATES,
-    Attack,
-    _checkpoints,
-    _guide_starts,
-    _Run,
-    classifier_objective,
-    margin,
-    perturb,
-)
+from metashield.attacks.engine import Attack, classifier_objective, margin, perturb
 from metashield.attacks.presets import get_attack
+from metashield.attacks.rules import apgd_checkpoints
+from metashield.attacks.starts import GUIDE_CANDIDATES, guide_starts
+from metashield.attacks.state import AttackRun
 from metashield.data import FeaturePipeline, TabularData
 from metashield.data.schema import FeatureSpec, ThreatSchema
 from metashield.evaluation.robust import LARGE_EDITS, detected, large_eps, robust_evaluate, worst_case
@@ -232,7 +226,7 @@ def test_frozen_rows_stay_put_and_attacks_never_help_the_detector():
 
 def test_apgd_checkpoints_follow_the_published_schedule():
     # p0 = 0, p1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06) (Croce & Hein, 2020), 100 iterations.
-    assert _checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
+    assert apgd_checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
 
 
 def test_worst_case_takes_each_samples_most_successful_attack():
@@ -342,8 +336,8 @@ def test_mimicry_candidates_are_the_guides_nearest_to_each_rows_feasible_box():
     objective = classifier_objective(
         _linear(torch.ones(6, dtype=torch.float64)), torch.ones(2, 30).long(), "ce"
     )
-    run = _Run(objective, x0, 0.5, get_attack("mimicry"), frozen.to(x0), None)
-    picked = _guide_starts(run, guides)
+    run = AttackRun(objective, x0, 0.5, get_attack("mimicry"), frozen.to(x0), None)
+    picked = guide_starts(run, guides)
     lo, hi = frozen.linf_interval(x0, 0.5)
     gap = (lo.unsqueeze(-2) - guides.unsqueeze(1)).clamp_min(0) + (
         guides.unsqueeze(1) - hi.unsqueeze(-2)

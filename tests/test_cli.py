@@ -41,10 +41,10 @@ def test_family_classification_demo_refuses_detection_overrides(capsys):
 
 
 def test_compile_flag_sets_the_attack_engines_default(data_home, monkeypatch):
-    import metashield.attacks.engine as engine
+    from metashield.attacks import state
 
-    monkeypatch.setattr(engine, "_compile_default", False)
+    monkeypatch.setattr(state, "_compile_default", False)
     assert main(["--compile", "data", "list"]) == 0
-    assert engine._compile_default is True
+    assert state.compile_default() is True
     assert main(["data", "list"]) == 0
-    assert engine._compile_default is False
+    assert state.compile_default() is False
