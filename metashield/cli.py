@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import shutil
 import sys
 import tempfile
 import time
@@ -430,6 +432,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.compile and not any(map(shutil.which, (os.environ.get("CXX", "c++"), "g++", "clang++"))):
+        print(
+            "metashield: error: --compile needs a C++ compiler for torch.compile on CPU "
+            "(c++, g++ or clang++ on PATH, or $CXX); run without --compile",
+            file=sys.stderr,
+        )
+        return 2
     set_compile(args.compile)
     try:
         return args.func(args)

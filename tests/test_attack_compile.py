@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import sysconfig
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,8 +19,9 @@ from metashield.data import FeaturePipeline
 from metashield.models import MLP
 
 pytestmark = pytest.mark.skipif(
-    shutil.which("c++") is None and shutil.which("g++") is None,
-    reason="torch.compile on CPU needs a C++ compiler (c++ or g++ on PATH)",
+    (shutil.which("c++") is None and shutil.which("g++") is None)
+    or not (Path(sysconfig.get_paths()["include"]) / "Python.h").is_file(),
+    reason="torch.compile on CPU needs a C++ compiler (c++ or g++ on PATH) and the Python headers",
 )
 
 

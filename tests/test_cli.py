@@ -48,3 +48,9 @@ def test_compile_flag_sets_the_attack_engines_default(data_home, monkeypatch):
     assert state.compile_default() is True
     assert main(["data", "list"]) == 0
     assert state.compile_default() is False
+
+
+def test_compile_without_a_cpp_compiler_is_a_clear_error(data_home, monkeypatch, capsys):
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    assert main(["--compile", "data", "list"]) == 2
+    assert "needs a C++ compiler" in capsys.readouterr().err
