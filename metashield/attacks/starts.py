@@ -17,6 +17,8 @@ GUIDE_CHUNK = 2**24
 
 
 def random_start(x0: Tensor, eps: float, norm: str, gen: torch.Generator) -> Tensor:
+    """A point of the ball around x0 [..., D], not yet projected: uniform in the L∞ ball, or for L2 a
+    uniform direction at a radius eps·U[0, 1]."""
     if norm == "linf":
         return x0 + eps * (2 * torch.rand(x0.shape, generator=gen, device=x0.device, dtype=x0.dtype) - 1)
     d = torch.randn(x0.shape, generator=gen, device=x0.device, dtype=x0.dtype)
