@@ -29,6 +29,24 @@ def test_neighbour_distances_equal_scikit_learns_kth_neighbour_distances():
             neighbour_distances(torch.from_numpy(x), torch.from_numpy(benign), ks)
 
 
+def test_neighbour_distances_under_autograd_give_the_dense_values_and_gradients():
+    """The attack path (neighbours found without a graph, distances to them recomputed) equals cdist + topk
+    differentiated densely, in value and in the gradient of any weighted sum."""
+    rng = np.random.default_rng(3)
+    x, benign = torch.from_numpy(rng.normal(size=(40, 6))), torch.from_numpy(rng.normal(size=(500, 6)))
+    w = torch.from_numpy(rng.normal(size=(40, 2)))
+    xa = x.clone().requires_grad_(True)
+    got = neighbour_distances(xa, benign, [1, 4], chunk=16)
+    (grad,) = torch.autograd.grad((got * w).sum(), xa)
+    xd = x.clone().requires_grad_(True)
+    dense = torch.cdist(xd, benign).topk(4, dim=1, largest=False).values[:, [0, 3]]
+    (expected,) = torch.autograd.grad((dense * w).sum(), xd)
+    torch.testing.assert_close(got, dense, rtol=0, atol=1e-10)
+    torch.testing.assert_close(grad, expected, rtol=0, atol=1e-10)
+    with torch.no_grad():
+        torch.testing.assert_close(neighbour_distances(xa, benign, [1, 4]), dense.detach(), rtol=0, atol=0)
+
+
 def test_novelty_table_looks_rows_up_by_content_and_refuses_unknown_rows():
     rng = np.random.default_rng(1)
     X, benign = rng.normal(size=(40, 5)).astype(np.float32), rng.normal(size=(100, 5)).astype(np.float32)

@@ -37,10 +37,20 @@ def neighbour_distances(
     if not ks or min(ks) < 1 or max(ks) > len(benign):
         raise ValueError(f"neighbour ranks {list(ks)} must lie in 1..{len(benign)} (the benign rows)")
     benign = benign.to(device=x.device, dtype=x.dtype)
+    ranks = [k - 1 for k in ks]
+    # An attack differentiates these distances at every step. The backward of cdist is dense over all
+    # [chunk, B] pairs, but only the k-th neighbours carry gradient: so under autograd the neighbours are
+    # found without a graph and the distances to them alone recomputed with one.
+    track = torch.is_grad_enabled() and x.requires_grad
     parts = []
     for i in range(0, len(x), chunk):
-        nearest = torch.cdist(x[i : i + chunk], benign).topk(max(ks), dim=1, largest=False).values
-        parts.append(nearest[:, [k - 1 for k in ks]])
+        xi = x[i : i + chunk]
+        if not track:
+            parts.append(torch.cdist(xi, benign).topk(max(ks), dim=1, largest=False).values[:, ranks])
+            continue
+        with torch.no_grad():
+            idx = torch.cdist(xi, benign).topk(max(ks), dim=1, largest=False).indices[:, ranks]
+        parts.append((xi.unsqueeze(1) - benign[idx]).norm(dim=-1))
     return torch.cat(parts) if parts else x.new_zeros(0, len(ks))
 
 
