@@ -46,6 +46,11 @@ log = logging.getLogger(__name__)
 THREATS = ("query", "support", "end-to-end")
 
 
+def _arrays(by_family: dict[str, list]) -> dict[str, np.ndarray]:
+    """Per-family lists of per-episode values as arrays, the form the CIs take."""
+    return {f: np.array(v) for f, v in by_family.items()}
+
+
 def _ci(by_family: dict[str, np.ndarray], seed: int) -> dict:
     mean, flo, fhi = family_bootstrap_ci(by_family, seed=seed)
     _, elo, ehi = bootstrap_ci(np.concatenate(list(by_family.values())), seed=seed)
@@ -191,14 +196,14 @@ def _query_threat(
             if sanity:
                 checks.append(result["sanity"])
     out = {
-        "clean_tpr@1%fpr": _ci({f: np.array(v) for f, v in clean.items()}, seed),
-        "robust_tpr@1%fpr": {e: _ci({f: np.array(v) for f, v in r.items()}, seed) for e, r in robust.items()},
+        "clean_tpr@1%fpr": _ci(_arrays(clean), seed),
+        "robust_tpr@1%fpr": {e: _ci(_arrays(r), seed) for e, r in robust.items()},
         "violations": violations,
     }
     if len(names) > 1:
         # Which attack does the damage: each one's own TPR, before the worst case over all of them.
         out["per_attack_tpr@1%fpr"] = {
-            e: {a: _ci({f: np.array(v) for f, v in fams.items()}, seed) for a, fams in by_attack.items()}
+            e: {a: _ci(_arrays(fams), seed) for a, fams in by_attack.items()}
             for e, by_attack in per_attack.items()
         }
     if sanity:
@@ -213,11 +218,8 @@ def _paired_methods(per_episode: dict[str, dict], seed: int) -> dict:
     first, *others = per_episode
     out: dict = {}
     for key in per_episode[first]:
-        a = {f: np.array(v) for f, v in per_episode[first][key].items()}
-        out[key] = {
-            f"{first} - {m}": _paired(a, {f: np.array(v) for f, v in per_episode[m][key].items()}, seed)
-            for m in others
-        }
+        a = _arrays(per_episode[first][key])
+        out[key] = {f"{first} - {m}": _paired(a, _arrays(per_episode[m][key]), seed) for m in others}
     return out
 
 
@@ -271,7 +273,7 @@ def _support_threat(
                     scores = (logits[..., 1] - logits[..., 0]).double().cpu().numpy()
                     per[key][fam] += _episode_tpr(scores, benign, keep)
         raw[str(e)] = per
-        arrays = {k: {f: np.array(v) for f, v in d.items()} for k, d in per.items()}
+        arrays = {k: _arrays(d) for k, d in per.items()}
         results[str(e)] = {
             **{f"{k}_tpr@1%fpr": _ci(v, seed) for k, v in arrays.items()},
             "drop_attacked": _paired(arrays["clean"], arrays["attacked"], seed),
@@ -315,7 +317,7 @@ def _end_to_end_threat(learner, sets, feasible, attack, eps, n_queries, seed, ch
                     ben = (ben[..., 1] - ben[..., 0]).double().reshape(t, a, -1).cpu().numpy()
                 thresholds = np.array([[threshold_at_fpr(b, 0.01) for b in row] for row in ben])
                 per[key][fam] += list((scores.cpu().numpy() > thresholds).mean(-1))
-    arrays = {k: {f: np.array(v) for f, v in d.items()} for k, d in per.items()}
+    arrays = {k: _arrays(d) for k, d in per.items()}
     return {
         "clean_tpr@1%fpr": _ci(arrays["clean"], seed),
         "robust_tpr@1%fpr": {str(e): _ci(arrays[str(e)], seed) for e in eps},
