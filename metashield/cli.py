@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import shutil
 import sys
 import tempfile
 import time
@@ -14,7 +12,7 @@ from pathlib import Path
 import torch
 
 from metashield import __version__
-from metashield.attacks.engine import set_compile
+from metashield.attacks.state import compile_unavailable, set_compile
 from metashield.classify.config import DEMO_CONFIGS
 from metashield.config import BASELINES, DATASET_DEFAULTS, ConfigError, load_config
 from metashield.data import DownloadError
@@ -432,10 +430,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.compile and not any(map(shutil.which, (os.environ.get("CXX", "c++"), "g++", "clang++"))):
+    missing = compile_unavailable() if args.compile else None
+    if missing:
         print(
-            "metashield: error: --compile needs a C++ compiler for torch.compile on CPU "
-            "(c++, g++ or clang++ on PATH, or $CXX); run without --compile",
+            "metashield: error: --compile needs a C++ compiler and the Python headers for torch.compile "
+            f"on CPU: {missing}; run without --compile",
             file=sys.stderr,
         )
         return 2

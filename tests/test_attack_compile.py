@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import sysconfig
-from pathlib import Path
-
 import pytest
 import torch
 from test_attacks import SCHEMA, _data
@@ -15,13 +11,12 @@ from metashield.attacks.constraints import compile_constraints
 from metashield.attacks.engine import classifier_objective, perturb, set_compile
 from metashield.attacks.fast_mlp import MLPObjective, mlp_layers
 from metashield.attacks.presets import get_attack
+from metashield.attacks.state import compile_unavailable
 from metashield.data import FeaturePipeline
 from metashield.models import MLP
 
 pytestmark = pytest.mark.skipif(
-    (shutil.which("c++") is None and shutil.which("g++") is None)
-    or not (Path(sysconfig.get_paths()["include"]) / "Python.h").is_file(),
-    reason="torch.compile on CPU needs a C++ compiler (c++ or g++ on PATH) and the Python headers",
+    compile_unavailable() is not None, reason=f"torch.compile cannot run here: {compile_unavailable()}"
 )
 
 

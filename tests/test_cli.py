@@ -54,3 +54,9 @@ def test_compile_without_a_cpp_compiler_is_a_clear_error(data_home, monkeypatch,
     monkeypatch.setattr("shutil.which", lambda name: None)
     assert main(["--compile", "data", "list"]) == 2
     assert "needs a C++ compiler" in capsys.readouterr().err
+
+
+def test_compile_without_the_python_headers_is_a_clear_error(data_home, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("sysconfig.get_paths", lambda: {"include": str(tmp_path)})
+    assert main(["--compile", "data", "list"]) == 2
+    assert "no Python headers" in capsys.readouterr().err

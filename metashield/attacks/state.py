@@ -8,7 +8,11 @@ process whose tensors have the same shapes and dtypes.
 
 from __future__ import annotations
 
+import os
+import shutil
+import sysconfig
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -32,6 +36,17 @@ def set_compile(enabled: bool) -> None:
 def compile_default() -> bool:
     """What ``perturb(compile=None)`` does in this process."""
     return _compile_default
+
+
+def compile_unavailable() -> str | None:
+    """Why ``torch.compile`` cannot build its CPU kernels here, or None: it needs a C++ compiler and the
+    Python headers."""
+    if not any(map(shutil.which, (os.environ.get("CXX", "c++"), "g++", "clang++"))):
+        return "no C++ compiler (c++, g++ or clang++ on PATH, or $CXX)"
+    include = Path(sysconfig.get_paths()["include"])
+    if not (include / "Python.h").is_file():
+        return f"no Python headers ({include / 'Python.h'} is missing)"
+    return None
 
 
 def _fn(name: str, compile: bool) -> Callable:
