@@ -481,6 +481,12 @@ def test_restricted_mlp_objective_equals_the_full_one_where_the_attack_can_move(
     for a, b in zip(got[:2], want[:2], strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
     torch.testing.assert_close(got[2], want[2][..., mutable], rtol=0, atol=1e-12)
+    # Columns given as indices in any order: the inputs and the gradient follow that order.
+    order = mutable.nonzero().squeeze(-1)[torch.tensor([4, 0, 6, 2, 1, 5, 3])]
+    got = full.restrict(x, order).value_and_grad(moved[..., order])
+    for a, b in zip(got[:2], want[:2], strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    torch.testing.assert_close(got[2], want[2][..., order], rtol=0, atol=1e-12)
     with pytest.raises(ValueError, match="already restricted"):
         restricted.restrict(x, mutable)
     # Through the engine (which restricts L∞ attacks on its own) against autograd on the full model.
@@ -513,6 +519,36 @@ def test_selected_constraints_project_the_selected_columns_as_the_full_ones_do(f
     split[c.groups[0][0]] = False
     with pytest.raises(ValueError, match="one-hot group .* only partly selected"):
         c.select(split)
+
+
+def test_block_order_makes_each_kind_of_column_one_slice_and_projects_as_the_natural_order(fitted):
+    """``Constraints.block_order`` (the order an attack's iterates hold their columns in): a permutation of
+    the selected columns in which plain, one-hot, linear-integer and log-integer columns each form one block,
+    so the L∞ projection reads them as slices; projecting in that order, or in a scrambled one (gathers),
+    gives the natural order's result permuted (exactly under L∞)."""
+    from metashield.attacks.linf_projection import LinfProjector
+
+    data, pipeline, c = fitted
+    x0 = torch.tensor(pipeline.transform(data.frame))
+    candidate = x0 + 4 * torch.randn(x0.shape, generator=torch.Generator().manual_seed(5))
+    natural = c.mutable.nonzero().squeeze(-1)
+    order = c.block_order(c.mutable)
+    assert sorted(order.tolist()) == natural.tolist() and not torch.equal(order, natural)
+    sub = c.select(order)
+    kind = torch.zeros(len(order), dtype=torch.int64)
+    kind[sub.groups[0]] = 1
+    kind[sub.int_idx[~sub.int_log]], kind[sub.int_idx[sub.int_log]] = 2, 3
+    assert bool((kind.diff() >= 0).all()) and set(kind.tolist()) == {0, 1, 2, 3}
+    projector = LinfProjector(sub, x0[:, order], 3.0)
+    assert all(isinstance(block[0], slice) for block in projector.ints + projector.groups)
+    scrambled = order.flip(0)
+    for norm in ("linf", "l2"):
+        full = c.project(candidate.clone(), x0, 3.0, norm)
+        for columns in (order, scrambled):
+            part = c.select(columns).project(candidate[:, columns].clone(), x0[:, columns], 3.0, norm)
+            # L2's row norm sums in the new order: float32 rounding, nothing more.
+            tol = 0 if norm == "linf" else 2e-6
+            torch.testing.assert_close(part, full[:, columns], rtol=0, atol=tol)
 
 
 def test_every_rule_lands_on_the_same_examples_in_the_mutable_columns_as_on_full_inputs(fitted):

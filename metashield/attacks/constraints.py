@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from metashield.attacks.linf_projection import LinfProjector, pick_category
 from metashield.data.preprocess import FeaturePipeline
 from metashield.data.schema import ThreatSchema
 
@@ -95,15 +96,21 @@ class Constraints:
         return replace(self, **moved)
 
     def select(self, columns: Tensor) -> Constraints:
-        """The constraints of the columns where bool [D] ``columns`` is set, for inputs [..., k] that hold
-        only those columns. A one-hot group must be selected whole or not at all."""
-        if columns.shape != self.mutable.shape or columns.dtype != torch.bool:
-            raise ValueError(f"columns must be a bool mask of shape [{self.n_features}], got {columns}")
-        position = torch.cumsum(columns, 0) - 1
-        kept_ints = columns[self.int_idx]
+        """The constraints of the selected columns, for inputs [..., k] that hold only those columns.
+
+        columns: a bool mask [D], or int64 indices [k] giving the order of the inputs' columns. A one-hot
+        group must be selected whole or not at all.
+        """
+        if columns.dtype == torch.bool:
+            if columns.shape != self.mutable.shape:
+                raise ValueError(f"columns must be a bool mask of shape [{self.n_features}], got {columns}")
+            columns = columns.nonzero().squeeze(-1)
+        position = torch.full_like(self.mutable, -1, dtype=torch.int64)
+        position[columns] = torch.arange(columns.numel(), device=columns.device)
+        kept_ints = position[self.int_idx] >= 0
         groups = []
         for group in self.groups:
-            inside = columns[group]
+            inside = position[group] >= 0
             if bool(inside.any()) != bool(inside.all()):
                 names = [self.names[j] for j in group.tolist()]
                 raise ValueError(f"one-hot group {names} is only partly selected")
@@ -122,8 +129,20 @@ class Constraints:
             groups=tuple(groups),
             one_z=self.one_z[columns],
             zero_z=self.zero_z[columns],
-            names=tuple(n for n, keep in zip(self.names, columns.tolist(), strict=True) if keep),
+            names=tuple(self.names[j] for j in columns.tolist()),
         )
+
+    def block_order(self, columns: Tensor) -> Tensor:
+        """int64 [k]: the columns of bool mask ``columns`` [D] ordered in blocks, each kind of column the L∞
+        projection treats alike contiguous: plain columns, each one-hot group, linear integer columns, then
+        log-scaled integer columns (see ``linf_projection``)."""
+        kind = torch.zeros_like(self.mutable, dtype=torch.int64)
+        for i, group in enumerate(self.groups):
+            kind[group] = 1 + i
+        kind[self.int_idx[~self.int_log]] = len(self.groups) + 1
+        kind[self.int_idx[self.int_log]] = len(self.groups) + 2
+        index = columns.nonzero().squeeze(-1)
+        return index[torch.sort(kind[index], stable=True).indices]
 
     def tolerance(self, dtype: torch.dtype) -> float:
         """Slack for checks: a few ulps at the largest |z| the pipeline produces."""
@@ -154,7 +173,7 @@ class Constraints:
         if norm == "edits":
             # Edits are feasible by construction (``edit_steps``); ``violations`` checks the count.
             return lambda x: x
-        return _LinfProjector(self, x0, eps) if norm == "linf" else partial(self._project_l2, x0=x0, eps=eps)
+        return LinfProjector(self, x0, eps) if norm == "linf" else partial(self._project_l2, x0=x0, eps=eps)
 
     def _frozen_under_edits(self) -> Tensor:
         """bool [D]: immutable columns and every one-hot column (a category switch is not a unit edit)."""
@@ -227,9 +246,7 @@ class Constraints:
     def _one_hot_l2(self, x: Tensor, x0: Tensor, group: Tensor, eps: float) -> Tensor:
         one, zero = self.one_z[group], self.zero_z[group]
         orig = x0[..., group]
-        chosen = _pick_category(
-            (x[..., group] - zero) / (one - zero), (orig - zero) / (one - zero), one, zero
-        )
+        chosen = pick_category((x[..., group] - zero) / (one - zero), (orig - zero) / (one - zero), one, zero)
         candidate = x.clone()
         candidate[..., group] = chosen
         fits = _dist(candidate - x0, "l2") <= eps + self.tolerance(x.dtype)
@@ -272,83 +289,6 @@ def sum_violations(counts: Iterable[Mapping[str, int]]) -> dict[str, int]:
         for name, n in c.items():
             total[name] = total.get(name, 0) + n
     return total
-
-
-def _pick_category(indicator: Tensor, original: Tensor, one: Tensor, zero: Tensor, banned=None) -> Tensor:
-    """z-values of the one-hot vector of the category with the largest indicator [..., m].
-
-    The box caps every indicator at 1, so a category pushed all the way up ties with the original one; the
-    tie goes to the category the attack moved towards. A sample whose original category was unseen in
-    training (all zeros) keeps that state unless some indicator passes 1/2. ``banned`` [..., m] rules out
-    categories the budget cannot reach.
-    """
-    preference = indicator - 1e-3 * original
-    if banned is not None:
-        preference = preference.masked_fill(banned, -math.inf)
-    pick = preference.argmax(-1, keepdim=True)
-    chosen = torch.where(torch.zeros_like(indicator, dtype=torch.bool).scatter(-1, pick, True), one, zero)
-    none = (indicator.amax(-1, keepdim=True) < 0.5) & (original.abs().amax(-1, keepdim=True) == 0)
-    return torch.where(none, zero.expand_as(chosen), chosen)
-
-
-class _LinfProjector:
-    """Projection onto the constraints ∩ L∞ ball around a fixed x0.
-
-    Under L∞ the ball, the box and the immutable columns intersect into one per-coordinate interval, so a
-    step is a single clamp; the integer columns take the nearest whole raw value inside that interval (the
-    nearest when it fits, else the one towards the original, which always fits), and a one-hot group may
-    only switch to categories whose indicator change fits the budget.
-    """
-
-    def __init__(self, c: Constraints, x0: Tensor, eps: float) -> None:
-        self.c, self.x0 = c, x0
-        self.lo, self.hi = c.linf_interval(x0, eps)
-        # Integer columns in two index sets, linear and log1p-scaled, so no step evaluates both maps.
-        self.ints = []
-        for log in (False, True):
-            idx = c.int_idx[c.int_log == log]
-            if not idx.numel():
-                continue
-            mean, std = c.int_mean[c.int_log == log], c.int_std[c.int_log == log]
-
-            def raw(z: Tensor, log: bool = log, mean: Tensor = mean, std: Tensor = std) -> Tensor:
-                enc = z.double() * std + mean
-                return torch.expm1(enc) if log else enc
-
-            lo_raw, hi_raw = raw(self.lo.index_select(-1, idx)), raw(self.hi.index_select(-1, idx))
-            # Slack for the float noise of a z-value that encodes a whole number exactly: float32 inputs
-            # carry ~1e-7 relative error into the raw value, float64 ones ~1e-16.
-            rel = 1e-6 if torch.finfo(x0.dtype).bits <= 32 else 1e-12
-            k_lo = torch.ceil(lo_raw - rel * lo_raw.abs().clamp_min(1.0))
-            k_hi = torch.floor(hi_raw + rel * hi_raw.abs().clamp_min(1.0))
-            # A clipped original (raw value beyond the clip) may have no whole value in reach: it stays.
-            stuck = k_lo > k_hi
-            self.ints.append(
-                (idx, log, mean, std, x0.index_select(-1, idx), k_lo, torch.maximum(k_lo, k_hi), stuck)
-            )
-        self.groups = []
-        tol = c.tolerance(x0.dtype)
-        for group in c.groups:
-            one, zero = c.one_z[group], c.zero_z[group]
-            original = (x0[..., group] - zero) / (one - zero)
-            gap = (one - zero).abs()
-            # Switching from the original category moves its column and the new one by their gaps.
-            leave = (original * gap).amax(-1, keepdim=True)
-            banned = ((gap > eps + tol) | (leave > eps + tol)) & (original < 0.5)
-            self.groups.append((group, one, zero, original, banned))
-
-    def __call__(self, x: Tensor) -> Tensor:
-        x = torch.clamp(x, self.lo, self.hi)
-        for idx, log, mean, std, x0i, k_lo, k_hi, stuck in self.ints:
-            xi = x.index_select(-1, idx)
-            enc = xi.double() * std + mean
-            k = torch.clamp(torch.round(torch.expm1(enc) if log else enc), k_lo, k_hi)
-            rounded = (((torch.log1p(k) if log else k) - mean) / std).to(x.dtype)
-            x.index_copy_(-1, idx, torch.where(stuck | (xi == x0i), x0i, rounded))
-        for group, one, zero, original, banned in self.groups:
-            indicator = (x.index_select(-1, group) - zero) / (one - zero)
-            x.index_copy_(-1, group, _pick_category(indicator, original, one, zero, banned))
-        return x
 
 
 def compile_constraints(

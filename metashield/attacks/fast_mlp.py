@@ -74,16 +74,20 @@ class MLPObjective:
         self.offset = offset
 
     def restrict(self, x0: Tensor, columns: Tensor) -> MLPObjective:
-        """This objective as a function of ``x[..., columns]`` (bool [D]) for inputs that equal ``x0``
-        [..., D] elsewhere: it takes [..., k] inputs of the k selected columns and returns their gradient.
+        """This objective as a function of ``x[..., columns]`` for inputs that equal ``x0`` [..., D]
+        elsewhere: it takes [..., k] inputs of the k selected columns and returns their gradient.
 
-        Only for an attack whose every iterate keeps the other columns at ``x0`` and whose step ignores their
-        gradient (sign steps and edits): the engine then works in the selected columns alone.
+        columns: a bool mask [D], or int64 indices [k] in the order the inputs hold them. Only for an attack
+        whose every iterate keeps the other columns at ``x0`` and whose step ignores their gradient (sign
+        steps and edits): the engine then works in the selected columns alone.
         """
         if self.offset is not None:
             raise ValueError("the objective is already restricted")
         columns = columns.to(x0.device)
-        free, fixed = columns.nonzero().squeeze(-1), (~columns).nonzero().squeeze(-1)
+        free = columns.nonzero().squeeze(-1) if columns.dtype == torch.bool else columns
+        held = torch.ones(x0.shape[-1], dtype=torch.bool, device=x0.device)
+        held[free] = False
+        fixed = held.nonzero().squeeze(-1)
         (w, b), *rest = self.layers
         offset = self._linear(x0.detach().index_select(-1, fixed), w.index_select(-1, fixed), b)
         return MLPObjective([(w.index_select(-1, free), b), *rest], self.y, self.loss, offset=offset)

@@ -97,9 +97,10 @@ class AttackRun:
         # so they keep the full objective.
         restrict = getattr(objective, "restrict", None)
         if restrict is not None and attack.norm != "l2" and not bool(constraints.mutable.all()):
-            objective = restrict(x0, constraints.mutable)
-            self.columns = constraints.mutable.nonzero().squeeze(-1)
-            constraints = constraints.select(constraints.mutable)
+            # In the projection's block order, so that it reads each kind of column as one slice.
+            self.columns = constraints.block_order(constraints.mutable)
+            objective = restrict(x0, self.columns)
+            constraints = constraints.select(self.columns)
             x0 = x0.index_select(-1, self.columns)
         self.objective, self.x0, self.eps, self.attack = objective, x0, eps, attack
         self.constraints = constraints
