@@ -194,7 +194,7 @@ def _query_threat(
                     per_attack[str(e)][a].setdefault(fam, []).extend(tpr)
                 violations = {k: violations.get(k, 0) + v for k, v in entry["violations"].items()}
             if sanity:
-                checks.append(result["sanity"])
+                checks.append((fam, result["sanity"]))
     out = {
         "clean_tpr@1%fpr": _ci(_arrays(clean), seed),
         "robust_tpr@1%fpr": {e: _ci(_arrays(r), seed) for e, r in robust.items()},
@@ -207,8 +207,18 @@ def _query_threat(
             for e, by_attack in per_attack.items()
         }
     if sanity:
-        out["sanity"] = pool_sanity(checks)
+        out["sanity"] = pool_sanity([check for _, check in checks])
         out["flags"] = [name for name, check in out["sanity"].items() if not check["ok"]]
+        if "large_eps" in out["sanity"]:
+            # The pooled rate hides which families a free mutable box cannot move: those set apart by
+            # immutable features or by values beyond the clip (docs/threat-models.md).
+            out["sanity"]["large_eps"]["per_family"] = {
+                fam: {
+                    key: pool_sanity([c for f, c in checks if f == fam])["large_eps"][key]
+                    for key in ("clean_tpr", "robust_tpr")
+                }
+                for fam in sets
+            }
     return out, {"clean": clean, **robust}
 
 
@@ -354,6 +364,12 @@ def format_attack_table(report: dict) -> str:
                 lines.append(f"  constraint violations: {sum(r['violations'].values())}")
             for name, check in r.get("sanity", {}).items():
                 lines.append(f"  sanity {name}: {'ok' if check['ok'] else 'FLAGGED'} {_check_text(check)}")
+                if "per_family" in check:
+                    held = sorted(check["per_family"].items(), key=lambda kv: -kv[1]["robust_tpr"])
+                    each = ", ".join(
+                        f"{f} {100 * v['clean_tpr']:.1f}->{100 * v['robust_tpr']:.1f}" for f, v in held
+                    )
+                    lines.append(f"    per family, clean->robust: {each}")
         else:
             lines.append(f"{method}:")
             for e, s in r.items():
@@ -378,5 +394,5 @@ def _check_text(check: dict) -> str:
     return ", ".join(
         f"{k}={100 * v:.1f}" if isinstance(v, float) and k not in ("eps",) else f"{k}={v}"
         for k, v in check.items()
-        if k != "ok"
+        if k not in ("ok", "per_family")
     )

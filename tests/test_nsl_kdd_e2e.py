@@ -116,7 +116,7 @@ def test_cli_attack_ensemble_and_support_on_nsl_kdd(nsl_run, nsl_kdd_mirror, mon
     args = ["attack", "--run", str(run), "--episodes", "1", "--methods", "maml,finetune"]
     assert main([*args, "--attack", "ensemble", "--eps", "0.1,1.0"]) == 0
     out = capsys.readouterr().out
-    assert "robust TPR@1%FPR" in out and "sanity gradient_free" in out
+    assert "robust TPR@1%FPR" in out and "sanity gradient_free" in out and "per family, clean->robust" in out
     report = json.loads((run / "attack.json").read_text())
     for method, r in report["methods"].items():
         assert sum(r["violations"].values()) == 0, method
@@ -128,7 +128,16 @@ def test_cli_attack_ensemble_and_support_on_nsl_kdd(nsl_run, nsl_kdd_mirror, mon
         # The worst case over attacks that start at the input can only lower detection, more with more eps.
         assert strong <= weak <= clean, (method, clean, weak, strong)
         assert strong < clean - 0.05, (method, clean, strong)
-        assert r["sanity"]["large_eps"]["robust_tpr"] < r["sanity"]["large_eps"]["clean_tpr"]
+        large = r["sanity"]["large_eps"]
+        assert large["robust_tpr"] < large["clean_tpr"]
+        # Per family (one episode each): the clean rate is that episode's TPR, and the families pool to
+        # the overall rates.
+        assert set(large["per_family"]) == set(report["families"])
+        for fam, v in large["per_family"].items():
+            assert v["clean_tpr"] == pytest.approx(report["per_episode"][method]["clean"][fam][0], abs=1e-12)
+        for key in ("clean_tpr", "robust_tpr"):
+            pooled = np.mean([v[key] for v in large["per_family"].values()])
+            assert pooled == pytest.approx(large[key], abs=1e-12), key
         # The worst case over the ensemble detects no more than any one of its attacks.
         for e, alone in r["per_attack_tpr@1%fpr"].items():
             assert set(alone) == set(report["attacks"]) and "mimicry" in alone
