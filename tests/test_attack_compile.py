@@ -73,20 +73,23 @@ def test_compiled_attacks_give_the_eager_examples(case, name, norm, closed_form)
 
 
 def test_a_new_attack_call_reuses_the_compiled_code(case):
-    """Guards check shapes and dtypes, not which objective or constraints object a call holds: a second call
-    with fresh objects and new inputs of the same shape compiles nothing new."""
+    """Guards check shapes and dtypes, not which objective or constraints object a call holds, nor the
+    budget: a second call with fresh objects and new inputs of the same shape, and a third with another eps
+    (so another step size), compile nothing new."""
     model, x0, c32 = case
     y = torch.ones(len(x0), dtype=torch.int64)
     attack = get_attack("pgd", steps=3)
 
-    def call(x: torch.Tensor) -> torch.Tensor:
+    def call(x: torch.Tensor, eps: float) -> torch.Tensor:
         objective = MLPObjective(mlp_layers(model), y, "ce")
-        return perturb(objective, x, attack=attack, eps=1.0, constraints=c32.to(x), compile=True)[0]
+        return perturb(objective, x, attack=attack, eps=eps, constraints=c32.to(x), compile=True)[0]
 
-    call(x0)
+    call(x0, 1.0)
     graphs = counters["stats"]["unique_graphs"]
-    call(x0.flip(0))
+    call(x0.flip(0), 1.0)
+    wider = call(x0, 2.5)
     assert counters["stats"]["unique_graphs"] == graphs
+    assert (wider - x0).abs().amax() > 1.0 + 1e-6  # the new budget was used, not the compiled one
 
 
 def test_set_compile_sets_the_default_of_perturb(case, monkeypatch):

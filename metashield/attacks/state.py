@@ -125,6 +125,9 @@ class AttackRun:
     def ascend(self, x: Tensor, g: Tensor, size: float | Tensor) -> Tensor:
         """project(x + size * the step direction of g): sign (L∞) or unit gradient (L2); size float or
         unit-shaped."""
+        if self.compile and not isinstance(size, Tensor):
+            # torch.compile bakes a Python float into the graph, so every new step size would compile anew.
+            size = torch.tensor(size, dtype=x.dtype, device=x.device)
         return _fn("ascend", self.compile)(self, x, g, size)
 
     def evaluate(self, x: Tensor, need_grad: bool) -> tuple[Tensor, Tensor, Tensor | None]:
