@@ -212,12 +212,10 @@ def _query_threat(
         if "large_eps" in out["sanity"]:
             # The pooled rate hides which families a free mutable box cannot move: those set apart by
             # immutable features or by values beyond the clip (docs/threat-models.md).
+            by_family = {fam: pool_sanity([c for f, c in checks if f == fam])["large_eps"] for fam in sets}
             out["sanity"]["large_eps"]["per_family"] = {
-                fam: {
-                    key: pool_sanity([c for f, c in checks if f == fam])["large_eps"][key]
-                    for key in ("clean_tpr", "robust_tpr")
-                }
-                for fam in sets
+                fam: {key: check[key] for key in ("clean_tpr", "robust_tpr")}
+                for fam, check in by_family.items()
             }
     return out, {"clean": clean, **robust}
 
