@@ -82,7 +82,7 @@ def square(run: AttackRun, x: Tensor, gen: torch.Generator) -> tuple[Tensor, Ten
 
     # Random draws are full width (``run.narrow`` keeps the held columns), so a seed gives the same attack
     # whichever columns the iterates hold.
-    mutable = run.full_mutable
+    mutable = run.full_constraints.mutable
     shape = x.shape[:-1] + mutable.shape
     n_mutable = max(1, int(mutable.sum()))
     # Square starts at a vertex of the ball (L∞) whatever ``start`` says: vertices are where

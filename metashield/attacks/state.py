@@ -89,7 +89,6 @@ class AttackRun:
     ) -> None:
         self.full_x0, self.full_constraints, self.columns = x0, constraints, None
         self.compile = compile
-        self.full_mutable = constraints.mutable
         # Sign steps and edits never use the gradient of an immutable column, and the projection holds those
         # columns at x0. So where the objective can (``MLPObjective.restrict``), the iterates hold the
         # mutable columns only: the objective precomputes the rest, and every step's elementwise work and
