@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from metashield.meta import lowrank
 from metashield.meta._checks import check_episode, check_x
 from metashield.meta.inner import LossFn, Params, StepSizes, adapt_tasks, predict_tasks, query_losses
+from metashield.models.mlp import linear_stack
 
 
 class GradientLearner(nn.Module):
@@ -63,13 +64,20 @@ class GradientLearner(nn.Module):
         }
 
     def _fused(self, *targets: Tensor) -> bool:
-        """Whether ``metashield.meta.lowrank`` computes this learner's loop exactly: a scalar step on every
-        parameter of a Linear/ReLU stack under mean cross-entropy (MAML, FOMAML, Reptile on ``MLP``)."""
-        return (
-            isinstance(self._step_sizes(), float)
-            and len(self._adapted()) == sum(1 for _ in self.model.parameters())
-            and lowrank.supported(self.model, self.loss_fn, *targets)
+        """Whether ``metashield.meta.lowrank`` computes this learner's loop exactly: every parameter of a
+        Linear/ReLU stack adapts under mean cross-entropy (MAML, FOMAML, Meta-SGD, Reptile on ``MLP``)."""
+        return len(self._adapted()) == sum(1 for _ in self.model.parameters()) and lowrank.supported(
+            self.model, self.loss_fn, *targets
         )
+
+    def _fused_step_sizes(self) -> float | list[Tensor]:
+        """The step size(s) in ``lowrank``'s order: the scalar, or Meta-SGD's tensors layer by layer."""
+        sizes = self._step_sizes()
+        if isinstance(sizes, float):
+            return sizes
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        linears = linear_stack(self.model)
+        return [sizes[names[id(t)]] for m in linears for t in (m.weight, m.bias)]
 
     def _cast(self, t: Tensor) -> Tensor:
         """Floating tensors in the model's dtype; integer class labels unchanged."""
@@ -114,7 +122,7 @@ class MetaLearner(GradientLearner):
         if self._fused(support_y, query_y):
             return lowrank.query_loss(
                 self.model,
-                self.inner_lr,
+                self._fused_step_sizes(),
                 self.inner_steps,
                 self.first_order,
                 self._cast(support_x),

@@ -1,5 +1,5 @@
-"""Task-fused inner loop for ReLU MLPs with one scalar step size: MAML, FOMAML and Reptile without per-task
-weight tensors.
+"""Task-fused inner loop for ReLU MLPs: MAML, FOMAML and Reptile without per-task weight tensors, and
+Meta-SGD with them but without ``vmap``.
 
 One SGD step on the mean cross-entropy of S support rows changes a Linear layer's weight by a rank-≤S matrix:
 ∇W = δᵀa, with a [S, in] the layer's input and δ [S, out] its back-propagated signal. After k steps a task's
@@ -15,7 +15,10 @@ Every step is written with differentiable torch ops (the inner gradient is the c
 cross-entropy back-propagated through Linear/ReLU, ReLU's mask applied by ``threshold_backward`` as autograd's
 own double backward does), so ``backward()`` on the query loss is the exact second-order meta-gradient; only
 the order of floating-point sums differs from ``inner.query_losses``. First order runs the inner loop
-without a graph.
+without a graph (Meta-SGD's keeps one for α's gradient, with every inner gradient cut).
+
+Meta-SGD's per-parameter step sizes break the low rank (α ⊙ δᵀa is a full matrix), so its layers
+(``_PerParameter``) carry a dense task term α ⊙ Σ_j δ_jᵀ a_j [T, out, in] beside the shared θ.
 
 ``supported`` says where this path is exact; everything else goes through ``metashield.meta.inner``.
 """
@@ -113,15 +116,53 @@ class _Dense(_LowRank):
         self.b = torch.add(self.b, d.sum(1), alpha=-self.lr)
 
 
-class FusedMLP:
-    """The adapted MLP of every task at once; ``step`` is one inner SGD step on the support set."""
+class _PerParameter:
+    """A layer under Meta-SGD's step sizes: W_k = θ − α ⊙ C_k, C_k = Σ_j δ_jᵀ a_j [T, out, in].
 
-    def __init__(self, params: list[Tensor], lr: float, x: Tensor) -> None:
+    α ⊙ (a low-rank update) is not low rank, so the task term is a dense [T, out, in] tensor; θ's term stays
+    one GEMM over the rows of all tasks, so its meta-gradient is one matmul rather than a sum over T of
+    per-task weight gradients at every step.
+    """
+
+    def __init__(self, w: Tensor, b: Tensor, alpha: tuple[Tensor, Tensor]) -> None:
+        self.w, self.b = w, b
+        self.alpha_w, self.alpha_b = alpha
+        self.c: Tensor | None = None
+        self.cb: Tensor | None = None
+        self.m: Tensor | None = None  # α ⊙ C_k
+        self.mb: Tensor | None = None
+
+    def forward(self, u: Tensor) -> Tensor:
+        y = F.linear(u, self.w, self.b)
+        if self.m is None:
+            return y
+        return y - torch.baddbmm(self.mb.unsqueeze(1), u, self.m.transpose(1, 2))
+
+    def input_grad(self, d: Tensor) -> Tensor:
+        g = d @ self.w
+        return g if self.m is None else g - torch.bmm(d, self.m)
+
+    def push(self, a: Tensor, d: Tensor) -> None:
+        g, gb = torch.bmm(d.transpose(1, 2), a), d.sum(1)
+        self.c, self.cb = (g, gb) if self.c is None else (self.c + g, self.cb + gb)
+        self.m, self.mb = self.alpha_w * self.c, self.alpha_b * self.cb
+
+
+class FusedMLP:
+    """The adapted MLP of every task at once; ``step`` is one inner SGD step on the support set.
+
+    ``lr``: one scalar step size, or one step-size tensor per parameter (Meta-SGD, in ``params`` order),
+    which makes every layer dense (``_PerParameter``).
+    """
+
+    def __init__(self, params: list[Tensor], lr: float | list[Tensor], x: Tensor) -> None:
         self.x = x
-        self.layers: list[_LowRank] = []
+        self.layers: list[_LowRank | _PerParameter] = []
         for i in range(len(params) // 2):
             w, b = params[2 * i], params[2 * i + 1]
-            if i == 0:
+            if not isinstance(lr, float):
+                self.layers.append(_PerParameter(w, b, (lr[2 * i], lr[2 * i + 1])))
+            elif i == 0:
                 self.layers.append(_First(w, b, lr, x))
             elif w.shape[0] <= _DENSE_MAX_OUT:
                 self.layers.append(_Dense(w, b, lr))
@@ -164,7 +205,7 @@ class FusedMLP:
 
 def query_loss(
     model: nn.Module,
-    lr: float,
+    lr: float | list[Tensor],
     steps: int,
     first_order: bool,
     support_x: Tensor,
@@ -172,9 +213,18 @@ def query_loss(
     query_x: Tensor,
     query_y: Tensor,
 ) -> Tensor:
-    """Mean over tasks of the query cross-entropy after ``steps`` inner steps (``query_losses().mean()``)."""
+    """Mean over tasks of the query cross-entropy after ``steps`` inner steps (``query_losses().mean()``).
+
+    ``lr``: a scalar, or one step-size tensor per parameter in ``linear_stack`` order (Meta-SGD).
+    """
     params = [t for m in linear_stack(model) for t in (m.weight, m.bias)]
-    if first_order:
+    if first_order and not isinstance(lr, float):
+        # The step sizes need their gradient through θ − α ⊙ g, so the loop keeps a graph and only the
+        # inner gradients are cut; the rebase below would detach α's part too.
+        net = FusedMLP(params, lr, support_x)
+        for _ in range(steps):
+            net.step(support_y, detach=True)
+    elif first_order:
         with torch.no_grad():
             net = FusedMLP([p.detach() for p in params], lr, support_x)
             for _ in range(steps):
