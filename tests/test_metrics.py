@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.metrics import f1_score, roc_auc_score, roc_curve
 
 from metashield.evaluation.metrics import (
     bootstrap_ci,
@@ -67,6 +67,25 @@ def test_auc_fpr_and_f1() -> None:
     assert m["tpr@0.1%fpr"] <= m["tpr@1%fpr"] <= m["tpr@5%fpr"]
     with_rate = episode_metrics(scores, y, threshold=0.5, seed=0, base_rate=0.01)
     assert 0.0 <= with_rate["precision@base_rate"] <= 1.0
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_auc_and_f1_equal_scikit_learn_with_ties(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n_neg, n_pos = int(rng.integers(1, 300)), int(rng.integers(1, 60))
+    y = rng.permutation(np.r_[np.zeros(n_neg), np.ones(n_pos)])
+    # Few distinct values: most scores tie, within a class and across the classes.
+    scores = rng.integers(0, 2 + seed * 3, size=y.size).astype(float) + 0.5 * y * (seed % 2)
+    assert roc_auc(scores, y) == pytest.approx(roc_auc_score(y, scores), abs=1e-12)
+    threshold = float(np.median(scores))
+    n = min(n_neg, n_pos)
+    pick = np.random.default_rng(seed)
+    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    keep = np.concatenate([pick.choice(pos, n, replace=False), pick.choice(neg, n, replace=False)])
+    expected = f1_score(y[keep], scores[keep] > threshold, zero_division=0.0)
+    assert f1_balanced(scores, y, threshold, seed) == pytest.approx(expected, abs=1e-12)
+    # Nothing flagged: scikit-learn's zero_division=0 case.
+    assert f1_balanced(scores, y, np.inf, seed) == 0.0
 
 
 @pytest.mark.parametrize(

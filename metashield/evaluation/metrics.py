@@ -2,6 +2,10 @@
 
 Conventions: ``y`` is 1 for attack and 0 for benign, a higher score means more malicious, and a sample is
 flagged iff ``score > threshold`` (strictly).
+
+ROC-AUC and F1 are computed here in numpy, not with ``sklearn.metrics``: an evaluation scores thousands of
+episodes × methods, and scikit-learn's per-call input validation (~7 ms per episode for the two) was a third
+of ``metashield evaluate``'s time. The tests check both against scikit-learn, ties included.
 """
 
 from __future__ import annotations
@@ -10,7 +14,6 @@ import math
 from collections.abc import Mapping
 
 import numpy as np
-from sklearn.metrics import f1_score, roc_auc_score
 
 
 def _scores_labels(scores: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -71,9 +74,16 @@ def fpr_at_threshold(scores: np.ndarray, y: np.ndarray, threshold: float) -> flo
 
 
 def roc_auc(scores: np.ndarray, y: np.ndarray) -> float:
-    """Area under the ROC curve (ties count one half, as in scikit-learn)."""
+    """Area under the ROC curve: P(attack score > benign score) + ½ P(tie), as scikit-learn's
+    ``roc_auc_score`` (the Mann–Whitney U statistic over n_attack · n_benign pairs, ties at mid-rank)."""
     scores, y = _scores_labels(scores, y)
-    return float(roc_auc_score(y, scores))
+    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    # 1-based mid-rank of each distinct value: the mean of the ranks its tied copies occupy.
+    mid = np.cumsum(counts) - (counts - 1) / 2.0
+    pos = y == 1
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    u = mid[inverse[pos]].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))
 
 
 def f1_balanced(scores: np.ndarray, y: np.ndarray, threshold: float, rng: np.random.Generator | int) -> float:
@@ -86,7 +96,10 @@ def f1_balanced(scores: np.ndarray, y: np.ndarray, threshold: float, rng: np.ran
     pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
     n = min(len(pos), len(neg))
     keep = np.concatenate([rng.choice(pos, n, replace=False), rng.choice(neg, n, replace=False)])
-    return float(f1_score(y[keep], scores[keep] > threshold, zero_division=0.0))
+    flagged, truth = scores[keep] > threshold, y[keep] == 1
+    tp = int(np.sum(flagged & truth))
+    wrong = int(np.sum(flagged != truth))  # false positives + false negatives
+    return 2.0 * tp / (2.0 * tp + wrong) if tp else 0.0
 
 
 def precision_at_base_rate(scores: np.ndarray, y: np.ndarray, base_rate: float, fpr: float = 0.01) -> float:
