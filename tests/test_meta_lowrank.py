@@ -75,6 +75,36 @@ def test_fused_meta_sgd_gradients_equal_generic_loop(first_order, steps, hidden)
         torch.testing.assert_close(pf.grad, pg.grad, rtol=0, atol=1e-10, msg=name)
 
 
+@pytest.mark.parametrize("algorithm", ["maml", "metasgd", "reptile"])
+@pytest.mark.parametrize("steps", [0, 1, 3])
+@pytest.mark.parametrize("hidden", [[32, 24], []])
+def test_fused_adapt_without_graph_equals_generic_loop(algorithm, steps, hidden):
+    fused_model, generic_model = twin_models(hidden)
+    make = {
+        "maml": lambda m, **kw: MAML(m, inner_lr=0.3, inner_steps=steps, **kw),
+        "metasgd": lambda m, **kw: MetaSGD(m, inner_lr=0.3, inner_steps=steps, **kw).double(),
+        "reptile": lambda m, **kw: Reptile(m, inner_lr=0.3, inner_steps=steps, outer_lr=0.5, **kw),
+    }[algorithm]
+    fused, generic = make(fused_model), make(generic_model, loss_fn=generic_ce)
+    if algorithm == "metasgd":
+        g = torch.Generator().manual_seed(2)
+        with torch.no_grad():
+            for a, b in zip(fused.step_sizes, generic.step_sizes, strict=True):
+                a.copy_(torch.rand(a.shape, generator=g, dtype=a.dtype) * 0.5)
+                b.copy_(a)
+    sx, sy, qx, _ = episode(seed=5)
+    assert fused._fused(sy) and not generic._fused(sy)
+    with torch.no_grad():
+        pf, pg = fused.adapt(sx, sy), generic.adapt(sx, sy)
+        assert list(pf) == list(pg) == [n for n, _ in fused_model.named_parameters()]
+        for name in pf:
+            assert pf[name].shape == pg[name].shape == (sx.shape[0], *fused_model.get_parameter(name).shape)
+            torch.testing.assert_close(pf[name], pg[name], rtol=0, atol=1e-12, msg=name)
+        torch.testing.assert_close(fused.predict(pf, qx), generic.predict(pg, qx), rtol=0, atol=1e-12)
+    # Under autograd adapt stays on the generic loop: its result must carry the graph to θ.
+    assert fused.adapt(sx, sy)[next(iter(pf))].requires_grad
+
+
 def test_fused_handles_many_classes():
     fused_model, generic_model = twin_models([32], classes=20)
     fused = MAML(fused_model, inner_lr=0.2, inner_steps=2)

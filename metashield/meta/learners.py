@@ -79,6 +79,15 @@ class GradientLearner(nn.Module):
         linears = linear_stack(self.model)
         return [sizes[names[id(t)]] for m in linears for t in (m.weight, m.bias)]
 
+    def _fused_adapt(self, support_x: Tensor, support_y: Tensor) -> Params:
+        """``adapt`` without a graph on the fused path, keyed like ``model.named_parameters()``."""
+        adapted = lowrank.adapt(self.model, self._fused_step_sizes(), self.inner_steps, support_x, support_y)
+        linears = linear_stack(self.model)
+        by_id = {
+            id(t): a for t, a in zip((t for m in linears for t in (m.weight, m.bias)), adapted, strict=True)
+        }
+        return {n: by_id[id(p)] for n, p in self.model.named_parameters()}
+
     def _cast(self, t: Tensor) -> Tensor:
         """Floating tensors in the model's dtype; integer class labels unchanged."""
         dtype = next(self.model.parameters()).dtype
@@ -93,6 +102,8 @@ class GradientLearner(nn.Module):
         but no outer graph is built.
         """
         check_episode(support_x, support_y, None, None)
+        if not torch.is_grad_enabled() and self._fused(support_y):
+            return self._fused_adapt(self._cast(support_x), support_y)
         params = dict(self.model.named_parameters())
         if not torch.is_grad_enabled():
             # vmap hands back non-adapted inputs as views that keep requires_grad even under no_grad.

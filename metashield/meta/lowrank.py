@@ -66,6 +66,16 @@ class _LowRank:
             return g
         return torch.add(g, torch.bmm(torch.bmm(d, self.d.transpose(1, 2)), self.a), alpha=-self.lr)
 
+    def dense(self, tasks: int) -> tuple[Tensor, Tensor]:
+        """This layer's per-task weight [T, out, in] and bias [T, out]."""
+        return self._dense(tasks, self.a)
+
+    def _dense(self, tasks: int, a: Tensor | None) -> tuple[Tensor, Tensor]:
+        w, b = self.w.expand(tasks, *self.w.shape), self.b.expand(tasks, *self.b.shape)
+        if self.d is None:
+            return w, b
+        return torch.baddbmm(w, self.d.transpose(1, 2), a, alpha=-self.lr), b - self.lr * self.db
+
     def push(self, a: Tensor, d: Tensor) -> None:
         if self.a is None:
             self.a, self.d, self.db = a, d, d.sum(1)
@@ -93,6 +103,9 @@ class _First(_LowRank):
             g = torch.bmm(u, self.x.transpose(1, 2))
         return torch.add(y, torch.baddbmm(self.db.unsqueeze(1), g, self.d), alpha=-self.lr)
 
+    def dense(self, tasks: int) -> tuple[Tensor, Tensor]:
+        return self._dense(tasks, self.x)
+
     def push(self, a: Tensor, d: Tensor) -> None:
         if self.d is None:
             self.d, self.db = d, d.sum(1)
@@ -110,6 +123,11 @@ class _Dense(_LowRank):
 
     def input_grad(self, d: Tensor) -> Tensor:
         return d @ self.w if self.w.dim() == 2 else torch.bmm(d, self.w)
+
+    def dense(self, tasks: int) -> tuple[Tensor, Tensor]:
+        if self.w.dim() == 3:
+            return self.w, self.b
+        return self.w.expand(tasks, *self.w.shape), self.b.expand(tasks, *self.b.shape)
 
     def push(self, a: Tensor, d: Tensor) -> None:
         self.w = torch.add(self.w, torch.bmm(d.transpose(1, 2), a), alpha=-self.lr)
@@ -142,6 +160,10 @@ class _PerParameter:
         g = d @ self.w
         return g if self.m is None else g - torch.bmm(d, self.m)
 
+    def dense(self, tasks: int) -> tuple[Tensor, Tensor]:
+        w, b = self.w.expand(tasks, *self.w.shape), self.b.expand(tasks, *self.b.shape)
+        return (w, b) if self.m is None else (w - self.m, b - self.mb)
+
     def push(self, a: Tensor, d: Tensor) -> None:
         g, gb = torch.bmm(d.transpose(1, 2), a), d.sum(1)
         self.c, self.cb = (g, gb) if self.c is None else (self.c + g, self.cb + gb)
@@ -152,20 +174,23 @@ class FusedMLP:
     """The adapted MLP of every task at once; ``step`` is one inner SGD step on the support set.
 
     ``lr``: one scalar step size, or one step-size tensor per parameter (Meta-SGD, in ``params`` order),
-    which makes every layer dense (``_PerParameter``).
+    which makes every layer dense (``_PerParameter``). ``dense``: per-task weights in every layer, for loops
+    without a graph.
     """
 
-    def __init__(self, params: list[Tensor], lr: float | list[Tensor], x: Tensor) -> None:
+    def __init__(
+        self, params: list[Tensor], lr: float | list[Tensor], x: Tensor, dense: bool = False
+    ) -> None:
         self.x = x
         self.layers: list[_LowRank | _PerParameter] = []
         for i in range(len(params) // 2):
             w, b = params[2 * i], params[2 * i + 1]
             if not isinstance(lr, float):
                 self.layers.append(_PerParameter(w, b, (lr[2 * i], lr[2 * i + 1])))
+            elif dense or w.shape[0] <= _DENSE_MAX_OUT:
+                self.layers.append(_Dense(w, b, lr))
             elif i == 0:
                 self.layers.append(_First(w, b, lr, x))
-            elif w.shape[0] <= _DENSE_MAX_OUT:
-                self.layers.append(_Dense(w, b, lr))
             else:
                 self.layers.append(_LowRank(w, b, lr))
 
@@ -236,6 +261,22 @@ def query_loss(
             net.step(support_y, detach=False)
     z, _ = net.forward(query_x)
     return F.cross_entropy(z.reshape(-1, z.shape[-1]), query_y.reshape(-1))
+
+
+@torch.no_grad()
+def adapt(model: nn.Module, lr: float | list[Tensor], steps: int, x: Tensor, y: Tensor) -> list[Tensor]:
+    """Adapted parameters without a graph, in ``linear_stack`` order: weight [T, out, in], bias [T, out], ….
+
+    Unchanged parameters (no steps) come back as expanded views of the shared tensor, as ``vmap`` gives
+    them.
+    """
+    params = [t.detach() for m in linear_stack(model) for t in (m.weight, m.bias)]
+    # Without a graph the low-rank factors buy nothing, and they grow with every step (fine-tuning takes
+    # up to 100): dense per-task weights cost the same at every step.
+    net = FusedMLP(params, lr if isinstance(lr, float) else [a.detach() for a in lr], x, dense=True)
+    for _ in range(steps):
+        net.step(y, detach=True)
+    return [t for layer in net.layers for t in layer.dense(x.shape[0])]
 
 
 @torch.no_grad()
