@@ -4,7 +4,9 @@
 
 For every run directory under ``--runs`` (each a ``metashield train`` run of ``configs/nsl_kdd.yaml``; see
 ``few_shot_quality.py``), the attacker controls ``--fraction`` of the K = 5 malicious support rows of each
-meta-test episode and optimises them through MAML's inner loop (``metashield attack --attack support``).
+meta-test episode and optimises them through MAML's inner loop (``metashield attack --attack support``),
+placing the detector's 1%-FPR threshold with ``--attacker-benign`` rows of benign traffic it holds (the run's
+benign validation slice; 0: the benign support rows only).
 Reported per eps: TPR@1%FPR with a clean support, after a random label flip of the same rows, and after the
 optimised attack, with 95% bootstrap CIs over (run, family) units and over episodes, and the paired
 differences. Resumable: a run that already holds the result file is read, not recomputed.
@@ -71,6 +73,12 @@ def main() -> None:
     parser.add_argument("--fraction", type=float, default=0.2)
     parser.add_argument("--optimiser", default="apgd-ce")
     parser.add_argument("--method", default="maml")
+    parser.add_argument(
+        "--attacker-benign",
+        type=int,
+        default=2000,
+        help="benign validation rows the attacker holds (0: only the benign support rows)",
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/support"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -78,7 +86,7 @@ def main() -> None:
     runs = sorted(p for p in args.runs.iterdir() if (p / "metrics.json").is_file())
     reports = []
     for run in runs:
-        name = f"attack_support_{args.method}_p{args.fraction}.json"
+        name = f"attack_support_{args.method}_p{args.fraction}_b{args.attacker_benign}.json"
         path = run / name
         if path.is_file():
             report = json.loads(path.read_text())
@@ -92,6 +100,7 @@ def main() -> None:
                 episodes=args.episodes,
                 fraction=args.fraction,
                 mode="flip-optimised",
+                attacker_benign=args.attacker_benign,
                 out_name=name,
             )
         reports.append(report)

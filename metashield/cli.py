@@ -214,6 +214,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
         episodes=args.episodes,
         fraction=args.fraction,
         mode=args.mode,
+        attacker_benign=args.attacker_benign,
         out_name=args.out_name,
     )
     print(report["table"])
@@ -370,6 +371,13 @@ def build_parser() -> argparse.ArgumentParser:
     at.add_argument("--episodes", type=int, default=10, help="episodes per held-out family")
     at.add_argument("--fraction", type=float, default=0.2, help="support: share of malicious support rows")
     at.add_argument("--mode", choices=MODES, default="flip-optimised", help="support: what the attacker does")
+    at.add_argument(
+        "--attacker-benign",
+        type=int,
+        default=2000,
+        help="support: benign rows the attacker holds to estimate the 1%%-FPR threshold, drawn from the "
+        "run's benign validation slice (never the evaluation queries); 0: only the benign support rows",
+    )
     at.add_argument(
         "--optimiser", default="pgd", choices=list(PRESETS), help="support / end-to-end: the optimiser"
     )

@@ -88,6 +88,7 @@ def attack_run(
     fraction: float = 0.2,
     mode: str = "flip-optimised",
     own_samples: int = 10,
+    attacker_benign: int = 2000,
     seed: int | None = None,
     out_name: str = "attack.json",
 ) -> dict:
@@ -95,7 +96,9 @@ def attack_run(
 
     attack: a preset name or ``ensemble`` (query threat). eps: budgets in z-units of the standardised
     features, or whole edits for the ``edits`` attack. norm: None takes the attack's own (``linf`` for
-    every attack but ``edits``).
+    every attack but ``edits``). attacker_benign (support threat): rows of benign traffic the attacker
+    holds, drawn from the run's benign VALIDATION slice (never the test slice the evaluation queries come
+    from) to estimate the detector's 1%-FPR threshold; 0: only the clean benign support rows.
     """
     run_dir = Path(run_dir)
     check_file_name(out_name, "out_name")
@@ -105,6 +108,8 @@ def attack_run(
         raise ValueError(f"threat must be one of {THREATS}, got {threat!r}")
     if threat == "support" and mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if attacker_benign < 0:
+        raise ValueError(f"attacker_benign must be >= 0, got {attacker_benign}")
     config, prep, meta = load_run(run_dir)
     seed = config.seed if seed is None else seed
     device = resolve_device(config.device)
@@ -145,11 +150,27 @@ def attack_run(
             for m, learner in learners.items()
         }
     else:
-        report.update(fraction=fraction, mode=mode, own_samples=own_samples, attack=attack)
+        benign_ref = _attacker_benign(prep, attacker_benign, seed, device)
+        report.update(
+            fraction=fraction,
+            mode=mode,
+            own_samples=own_samples,
+            attacker_benign=0 if benign_ref is None else len(benign_ref),
+            attack=attack,
+        )
         report["methods"], report["per_episode"] = {}, {}
         for m, learner in learners.items():
             report["methods"][m], report["per_episode"][m] = _support_threat(
-                learner, sets, feasible, get_attack(attack, norm=norm), eps, fraction, mode, own_samples, seed
+                learner,
+                sets,
+                feasible,
+                get_attack(attack, norm=norm),
+                eps,
+                fraction,
+                mode,
+                own_samples,
+                seed,
+                benign_ref,
             )
     atomic_write_json(run_dir / out_name, report)
     report["table"] = format_attack_table(report)
@@ -236,8 +257,21 @@ def _episode_tpr(scores: np.ndarray, benign: np.ndarray, keep: np.ndarray) -> li
     return [tpr_at_fpr(np.r_[s[benign], s[keep]], y, 0.01) for s in scores]
 
 
+def _attacker_benign(prep, rows: int, seed: int, device: torch.device) -> torch.Tensor | None:
+    """``rows`` benign rows [G, D] of the run's benign validation slice (all of it if smaller), or None."""
+    if rows == 0:
+        return None
+    pool = prep.benign["val"]
+    pick = np.random.default_rng(seed + 11).choice(pool, min(rows, len(pool)), replace=False)
+    if rows > len(pool):
+        log.warning(
+            "attacker_benign = %d, but the benign validation slice has %d rows: using all", rows, len(pool)
+        )
+    return torch.as_tensor(prep.X[np.sort(pick)], device=device)
+
+
 def _support_threat(
-    learner, sets, feasible, attack, eps, fraction, mode, own_samples, seed, chunk=10
+    learner, sets, feasible, attack, eps, fraction, mode, own_samples, seed, benign_ref=None, chunk=10
 ) -> dict:
     """Per eps: TPR@1%FPR with a clean support, after a random label flip of the controlled rows, and after
     the optimised attack (``mode``), on the defender's queries that are not the attacker's own samples.
@@ -265,7 +299,9 @@ def _support_threat(
             for part in _chunks(es.support_x.shape[0], chunk):
                 sx, sy, qx = es.support_x[part], es.support_y[part], es.query_x[part]
                 own = qx[:, own_cols]
-                common = dict(fraction=fraction, constraints=feasible, attack=attack, seed=seed)
+                common = dict(
+                    fraction=fraction, constraints=feasible, attack=attack, seed=seed, benign_ref=benign_ref
+                )
                 variants = {
                     "clean": (sx, sy),
                     "random_flip": poison_support(
@@ -369,7 +405,10 @@ def format_attack_table(report: dict) -> str:
                     )
                     lines.append(f"    per family, clean->robust: {each}")
         else:
-            lines.append(f"{method}:")
+            lines.append(
+                f"{method}: the attacker holds {report['own_samples']} own samples and "
+                f"{report.get('attacker_benign', 0)} benign rows"
+            )
             for e, s in r.items():
                 lines.append(
                     f"  eps={e:<6} clean {_pct(s['clean_tpr@1%fpr'])}  random flip "

@@ -151,8 +151,12 @@ def test_cli_attack_ensemble_and_support_on_nsl_kdd(nsl_run, nsl_kdd_mirror, mon
         assert pairs["maml - finetune"]["mean"] == pytest.approx(by_hand, abs=1e-12)
     assert "paired TPR@1%FPR maml - finetune, eps=1.0" in out
     assert main([*args[:-2], "--methods", "maml", "--attack", "support", "--eps", "1.0"]) == 0
-    support = json.loads((run / "attack.json").read_text())["methods"]["maml"]["1.0"]
+    support_report = json.loads((run / "attack.json").read_text())
+    assert 0 < support_report["attacker_benign"] <= 2000  # rows of the benign validation slice
+    support = support_report["methods"]["maml"]["1.0"]
     assert set(support) >= {"clean_tpr@1%fpr", "random_flip_tpr@1%fpr", "attacked_tpr@1%fpr"}
     assert support["clean_tpr@1%fpr"]["mean"] > 0.2
     assert main([*args, "--attack", "support", "--fraction", "1.5"]) == 2
     assert "fraction must be in (0, 1]" in capsys.readouterr().err
+    assert main([*args, "--attack", "support", "--attacker-benign", "-1"]) == 2
+    assert "attacker_benign must be >= 0" in capsys.readouterr().err

@@ -8,7 +8,14 @@ from torch import nn
 
 from metashield.attacks.constraints import box_constraints
 from metashield.attacks.presets import get_attack
-from metashield.attacks.support import _task_objective, adaptive_query_attack, controlled_rows, poison_support
+from metashield.attacks.support import (
+    _task_objective,
+    adaptive_query_attack,
+    controlled_rows,
+    poison_support,
+    threshold_rows,
+)
+from metashield.evaluation.metrics import threshold_at_fpr
 from metashield.meta import MAML, MetaSGD
 
 
@@ -45,6 +52,40 @@ def test_gradient_through_the_inner_loop_matches_finite_differences(cls):
         assert g[0, row, col].item() == pytest.approx(fd.item(), rel=1e-5, abs=1e-8)
     # The gradient w.r.t. the support rows exists only because adaptation depends on them.
     assert g[0, 7].abs().sum() > 1e-6
+
+
+@pytest.mark.parametrize("n", [1, 5, 99, 100, 101, 2000, 2099])
+def test_threshold_rows_counts_the_benign_scores_at_or_above_the_1pct_threshold(n):
+    scores = torch.randperm(n).double().numpy()
+    assert threshold_rows(n) == int((scores >= threshold_at_fpr(scores, 0.01)).sum())
+
+
+def test_a_held_benign_sample_sets_the_threshold_the_attacker_aims_below():
+    learner = _learner()
+    sx, sy, own = _episode()
+    gen = torch.Generator().manual_seed(4)
+    held = (torch.randn(250, 4, generator=gen) - 1).double()
+    objective = _task_objective(learner.adapt, learner.predict, sy, own, held.expand(2, 250, 4))
+    with torch.no_grad():
+        params = learner.adapt(sx, sy)
+        own_scores = learner.predict(params, own).diff(dim=-1).squeeze(-1)
+        held_scores = learner.predict(params, held.expand(2, 250, 4)).diff(dim=-1).squeeze(-1)
+        top3 = held_scores.sort(-1, descending=True).values[:, :3].mean(-1)  # floor(2.5) + 1 rows
+        torch.testing.assert_close(objective(sx)[1], own_scores.mean(-1) - top3)
+    box = box_constraints(4, dtype=torch.float64)
+    common = dict(
+        fraction=0.2, mode="flip-optimised", eps=0.5, constraints=box, attack=get_attack("pgd", steps=5)
+    )
+    shared = poison_support(learner.adapt, learner.predict, sx, sy, own, benign_ref=held, **common)
+    per_task = poison_support(
+        learner.adapt, learner.predict, sx, sy, own, benign_ref=held.expand(2, 250, 4), **common
+    )
+    assert all(torch.equal(a, b) for a, b in zip(shared, per_task, strict=True))
+    default = poison_support(learner.adapt, learner.predict, sx, sy, own, **common)
+    assert not torch.equal(shared[0], default[0])  # the reference changes what the optimiser does
+    for bad in (held[:, :3], held.expand(3, 250, 4), held[:0], held[0]):
+        with pytest.raises(ValueError, match="benign_ref must be"):
+            poison_support(learner.adapt, learner.predict, sx, sy, own, benign_ref=bad, **common)
 
 
 def test_controlled_rows_take_ceil_of_the_fraction_of_malicious_rows_only():

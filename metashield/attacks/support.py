@@ -10,10 +10,13 @@ the family (never the defender's evaluation queries). Modes:
   dataset's constraints);
 - ``flip-optimised``: relabelled benign AND perturbed within eps.
 
-The attacker's objective per task is the mean score of its own samples minus the highest score of the
-clean benign support rows: the operating threshold sits near the top of the benign scores, so pushing its
-samples below the benign rows it can see is what makes them missed, while lowering every score together
-would change nothing.
+The attacker's objective per task is the mean score of its own samples minus an estimate of the detector's
+operating threshold: the mean score of the top 1% of the benign rows the attacker holds (at least one row:
+with only the 5 clean benign support rows, their highest score). The threshold sits near the top of the
+benign scores, so pushing its samples below it is what makes them missed, while lowering every score
+together would change nothing. An attacker who holds a sample of the network's benign traffic
+(``benign_ref``; any rows but the defender's evaluation queries) estimates that threshold far better than
+from five rows.
 
 ``adaptive_query_attack`` is the end-to-end case: the attacked query is itself a labelled row of the
 support set, so its gradient flows through the adaptation it triggers.
@@ -55,17 +58,26 @@ def controlled_rows(support_y: Tensor, fraction: float, seed: int) -> Tensor:
     return keys <= keys.kthvalue(n, dim=-1, keepdim=True).values
 
 
+def threshold_rows(n_benign: int, fpr: float = 0.01) -> int:
+    """How many of ``n_benign`` benign scores lie at or above the ``fpr`` operating threshold:
+    floor(fpr·n) + 1 (``evaluation.metrics.threshold_at_fpr`` puts τ at the (m+1)-th largest)."""
+    return math.floor(fpr * n_benign + 1e-9) + 1
+
+
 def _task_objective(
     adapt: Adapt, predict: Predict, support_y: Tensor, own_x: Tensor, benign_ref: Tensor
 ) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
+    """own_x [T, A, D]; benign_ref [T, G, D]: the attacker's score is its samples' mean minus the mean of
+    the top ``threshold_rows(G)`` benign scores (the highest one for G < 100)."""
     ones = torch.ones(own_x.shape[:-1], dtype=torch.int64, device=own_x.device)
     zeros = torch.zeros(benign_ref.shape[:-1], dtype=torch.int64, device=own_x.device)
+    top = threshold_rows(benign_ref.shape[-2])
 
     def objective(sx: Tensor) -> tuple[Tensor, Tensor]:
         params = adapt(sx, support_y)
         own = margin(predict(params, own_x), ones).mean(-1)
         benign = -margin(predict(params, benign_ref), zeros)
-        score = own - benign.amax(-1)
+        score = own - benign.topk(top, dim=-1).values.mean(-1)
         return -score, score
 
     return objective
@@ -84,12 +96,15 @@ def poison_support(
     constraints: Constraints,
     attack: Attack,
     seed: int = 0,
+    benign_ref: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The attacker's version of each support set: (support_x, support_y, controlled bool [T, S]).
 
     support_x [T, S, D], support_y [T, S] (1 = malicious); own_x [T, A, D]: the attacker's own samples of
-    the family, disjoint from the defender's queries. ``attack`` gives the optimiser (steps, rule, norm);
-    its loss is replaced by the objective described in the module docstring.
+    the family, disjoint from the defender's queries. benign_ref: benign rows the attacker holds, [G, D] or
+    [T, G, D], disjoint from the defender's queries; None: the clean benign support rows. ``attack`` gives
+    the optimiser (steps, rule, norm); its loss is replaced by the objective described in the module
+    docstring.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -100,10 +115,23 @@ def poison_support(
         if mode != "clean-label"
         else support_y
     )
+    if benign_ref is None:
+        benign_ref = support_x[:, (support_y == 0)[0]]
+    elif benign_ref.dim() == 2:
+        benign_ref = benign_ref.expand(support_x.shape[0], *benign_ref.shape)
+    t, d = support_x.shape[0], support_x.shape[-1]
+    if (
+        benign_ref.dim() != 3
+        or benign_ref.shape[0] != t
+        or benign_ref.shape[2] != d
+        or not benign_ref.shape[1]
+    ):
+        raise ValueError(
+            f"benign_ref must be [G, D] or [T, G, D] with G >= 1, T = {t}, D = {d}; "
+            f"got {tuple(benign_ref.shape)}"
+        )
     if mode == "flip" or eps == 0:
         return support_x, labels, controlled
-    benign_rows = (support_y == 0)[0]
-    benign_ref = support_x[:, benign_rows]
     objective = _task_objective(adapt, predict, labels, own_x, benign_ref)
     poisoned, _ = perturb(
         objective, support_x, attack=attack, eps=eps, constraints=constraints, free=controlled, seed=seed
