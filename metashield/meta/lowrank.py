@@ -1,5 +1,5 @@
-"""Task-fused inner loop for ReLU MLPs: MAML, FOMAML and Reptile without per-task weight tensors, and
-Meta-SGD with them but without ``vmap``.
+"""Task-fused inner loop for ReLU MLPs, without ``vmap``: meta-training of MAML, FOMAML and Reptile without
+per-task weight tensors, of Meta-SGD with them, and ``adapt`` (no graph) with dense per-task weights.
 
 One SGD step on the mean cross-entropy of S support rows changes a Linear layer's weight by a rank-≤S matrix:
 ∇W = δᵀa, with a [S, in] the layer's input and δ [S, out] its back-propagated signal. After k steps a task's
