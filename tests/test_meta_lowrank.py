@@ -34,6 +34,29 @@ def twin_models(hidden, classes=2, seed=0):
     return a, b
 
 
+def same_random_step_sizes(fused, generic, seed):
+    """Distinct step sizes per entry, equal in both Meta-SGD learners: a path that used one α per layer, or
+    the α of another layer, would differ."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for a, b in zip(fused.step_sizes, generic.step_sizes, strict=True):
+            a.copy_(torch.rand(a.shape, generator=g, dtype=a.dtype) * 0.5)
+            b.copy_(a)
+
+
+def assert_same_outer_loss_and_gradients(fused, generic, every_gradient_nonzero=False):
+    sx, sy, qx, qy = episode()
+    assert fused._fused(sy, qy) and not generic._fused(sy, qy)
+    lf, lg = fused.outer_loss(sx, sy, qx, qy), generic.outer_loss(sx, sy, qx, qy)
+    lf.backward()
+    lg.backward()
+    torch.testing.assert_close(lf, lg, rtol=0, atol=1e-12)
+    for (name, pf), pg in zip(fused.named_parameters(), generic.parameters(), strict=True):
+        if every_gradient_nonzero:
+            assert pf.grad is not None and pf.grad.abs().sum() > 0, name
+        torch.testing.assert_close(pf.grad, pg.grad, rtol=0, atol=1e-10, msg=name)
+
+
 @pytest.mark.parametrize("first_order", [False, True])
 @pytest.mark.parametrize("steps", [0, 1, 3])
 @pytest.mark.parametrize("hidden", [[32, 24], [8], []])
@@ -41,14 +64,7 @@ def test_fused_meta_gradient_equals_generic_loop(first_order, steps, hidden):
     fused_model, generic_model = twin_models(hidden)
     fused = MAML(fused_model, inner_lr=0.3, inner_steps=steps, first_order=first_order)
     generic = MAML(generic_model, 0.3, steps, first_order=first_order, loss_fn=generic_ce)
-    sx, sy, qx, qy = episode()
-    assert fused._fused(sy, qy) and not generic._fused(sy, qy)
-    lf, lg = fused.outer_loss(sx, sy, qx, qy), generic.outer_loss(sx, sy, qx, qy)
-    lf.backward()
-    lg.backward()
-    torch.testing.assert_close(lf, lg, rtol=0, atol=1e-12)
-    for (name, pf), pg in zip(fused_model.named_parameters(), generic_model.parameters(), strict=True):
-        torch.testing.assert_close(pf.grad, pg.grad, rtol=0, atol=1e-10, msg=name)
+    assert_same_outer_loss_and_gradients(fused, generic)
 
 
 @pytest.mark.parametrize("first_order", [False, True])
@@ -58,21 +74,8 @@ def test_fused_meta_sgd_gradients_equal_generic_loop(first_order, steps, hidden)
     fused_model, generic_model = twin_models(hidden)
     fused = MetaSGD(fused_model, inner_lr=0.3, inner_steps=steps, first_order=first_order).double()
     generic = MetaSGD(generic_model, 0.3, steps, first_order=first_order, loss_fn=generic_ce).double()
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        # Distinct step sizes per entry: a path that used one α per layer, or α of the wrong layer, differs.
-        for a, b in zip(fused.step_sizes, generic.step_sizes, strict=True):
-            a.copy_(torch.rand(a.shape, generator=g, dtype=a.dtype) * 0.5)
-            b.copy_(a)
-    sx, sy, qx, qy = episode()
-    assert fused._fused(sy, qy) and not generic._fused(sy, qy)
-    lf, lg = fused.outer_loss(sx, sy, qx, qy), generic.outer_loss(sx, sy, qx, qy)
-    lf.backward()
-    lg.backward()
-    torch.testing.assert_close(lf, lg, rtol=0, atol=1e-12)
-    for (name, pf), pg in zip(fused.named_parameters(), generic.parameters(), strict=True):
-        assert pf.grad is not None and pf.grad.abs().sum() > 0, name
-        torch.testing.assert_close(pf.grad, pg.grad, rtol=0, atol=1e-10, msg=name)
+    same_random_step_sizes(fused, generic, seed=1)
+    assert_same_outer_loss_and_gradients(fused, generic, every_gradient_nonzero=True)
 
 
 @pytest.mark.parametrize("algorithm", ["maml", "metasgd", "reptile"])
@@ -87,11 +90,7 @@ def test_fused_adapt_without_graph_equals_generic_loop(algorithm, steps, hidden)
     }[algorithm]
     fused, generic = make(fused_model), make(generic_model, loss_fn=generic_ce)
     if algorithm == "metasgd":
-        g = torch.Generator().manual_seed(2)
-        with torch.no_grad():
-            for a, b in zip(fused.step_sizes, generic.step_sizes, strict=True):
-                a.copy_(torch.rand(a.shape, generator=g, dtype=a.dtype) * 0.5)
-                b.copy_(a)
+        same_random_step_sizes(fused, generic, seed=2)
     sx, sy, qx, _ = episode(seed=5)
     assert fused._fused(sy) and not generic._fused(sy)
     with torch.no_grad():
