@@ -15,7 +15,6 @@ from torch import Tensor, nn
 from metashield.meta import lowrank
 from metashield.meta._checks import check_episode, check_x
 from metashield.meta.inner import LossFn, Params, StepSizes, adapt_tasks, predict_tasks, query_losses
-from metashield.models.mlp import linear_stack
 
 
 class GradientLearner(nn.Module):
@@ -76,16 +75,12 @@ class GradientLearner(nn.Module):
         if isinstance(sizes, float):
             return sizes
         names = {id(p): n for n, p in self.model.named_parameters()}
-        linears = linear_stack(self.model)
-        return [sizes[names[id(t)]] for m in linears for t in (m.weight, m.bias)]
+        return [sizes[names[id(t)]] for t in lowrank.stack_params(self.model)]
 
     def _fused_adapt(self, support_x: Tensor, support_y: Tensor) -> Params:
         """``adapt`` without a graph on the fused path, keyed like ``model.named_parameters()``."""
         adapted = lowrank.adapt(self.model, self._fused_step_sizes(), self.inner_steps, support_x, support_y)
-        linears = linear_stack(self.model)
-        by_id = {
-            id(t): a for t, a in zip((t for m in linears for t in (m.weight, m.bias)), adapted, strict=True)
-        }
+        by_id = {id(t): a for t, a in zip(lowrank.stack_params(self.model), adapted, strict=True)}
         return {n: by_id[id(p)] for n, p in self.model.named_parameters()}
 
     def _cast(self, t: Tensor) -> Tensor:

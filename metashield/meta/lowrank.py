@@ -44,6 +44,12 @@ def supported(model: nn.Module, loss_fn, *targets: Tensor) -> bool:
     )
 
 
+def stack_params(model: nn.Module) -> list[Tensor]:
+    """The weight and bias of every Linear layer of a ``supported`` model, in forward order: the order of
+    every parameter list (and Meta-SGD step-size list) this module takes and returns."""
+    return [t for m in linear_stack(model) for t in (m.weight, m.bias)]
+
+
 class _LowRank:
     """A hidden layer: W_k = θ − lr Σ_j δ_jᵀ a_j, kept as the factors A [T, kS, in] and Δ [T, kS, out]."""
 
@@ -242,7 +248,7 @@ def query_loss(
 
     ``lr``: a scalar, or one step-size tensor per parameter in ``linear_stack`` order (Meta-SGD).
     """
-    params = [t for m in linear_stack(model) for t in (m.weight, m.bias)]
+    params = stack_params(model)
     if first_order and not isinstance(lr, float):
         # The step sizes need their gradient through θ − α ⊙ g, so the loop keeps a graph and only the
         # inner gradients are cut; the rebase below would detach α's part too.
@@ -270,7 +276,7 @@ def adapt(model: nn.Module, lr: float | list[Tensor], steps: int, x: Tensor, y: 
     Unchanged parameters (no steps) come back as expanded views of the shared tensor, as ``vmap`` gives
     them.
     """
-    params = [t.detach() for m in linear_stack(model) for t in (m.weight, m.bias)]
+    params = [t.detach() for t in stack_params(model)]
     # Without a graph the low-rank factors buy nothing, and they grow with every step (fine-tuning takes
     # up to 100): dense per-task weights cost the same at every step.
     net = FusedMLP(params, lr if isinstance(lr, float) else [a.detach() for a in lr], x, dense=True)
@@ -283,8 +289,7 @@ def adapt(model: nn.Module, lr: float | list[Tensor], steps: int, x: Tensor, y: 
 def reptile_update(model: nn.Module, lr: float, steps: int, outer_lr: float, x: Tensor, y: Tensor) -> None:
     """θ ← θ + outer_lr · mean_t(θ'_t − θ) in place, θ'_t after ``steps`` SGD steps; one GEMM per layer."""
     linears = linear_stack(model)
-    params = [t for m in linears for t in (m.weight, m.bias)]
-    net = FusedMLP([p.detach() for p in params], lr, x)
+    net = FusedMLP([p.detach() for p in stack_params(model)], lr, x)
     for _ in range(steps):
         net.step(y, detach=True)
     scale = -lr * outer_lr / x.shape[0]  # mean_t(θ'_t − θ) = −lr/T · Σ_t Σ_j δ_tjᵀ a_tj
