@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metashield.meta import MAML, MetaSGD, Reptile, lowrank
+from metashield.meta.inner import predict_tasks
 from metashield.models import MLP
 
 
@@ -102,6 +103,23 @@ def test_fused_adapt_without_graph_equals_generic_loop(algorithm, steps, hidden)
         torch.testing.assert_close(fused.predict(pf, qx), generic.predict(pg, qx), rtol=0, atol=1e-12)
     # Under autograd adapt stays on the generic loop: its result must carry the graph to θ.
     assert fused.adapt(sx, sy)[next(iter(pf))].requires_grad
+
+
+@pytest.mark.parametrize("hidden", [[32, 24], [8], []])
+def test_batched_forward_equals_the_vmapped_module(hidden):
+    model, _ = twin_models(hidden, classes=3)
+    g = torch.Generator().manual_seed(6)
+    params = {
+        n: p.detach() + 0.1 * torch.randn(4, *p.shape, generator=g, dtype=p.dtype)
+        for n, p in model.named_parameters()
+    }
+    x = torch.randn(4, 9, 7, generator=g, dtype=torch.float64)
+    order = {id(p): n for n, p in model.named_parameters()}
+    stacked = [params[order[id(t)]] for t in lowrank.stack_params(model)]
+    expected = predict_tasks(model, params, x)
+    torch.testing.assert_close(lowrank.predict(stacked, x), expected, rtol=0, atol=1e-12)
+    # The learner's predict takes that path for MLPs, with the same result.
+    torch.testing.assert_close(MAML(model).predict(params, x), expected, rtol=0, atol=1e-12)
 
 
 def test_fused_handles_many_classes():

@@ -113,6 +113,11 @@ class GradientLearner(nn.Module):
         if len(tasks) != 1:
             raise ValueError(f"params must all have the same leading task dimension T, got {sorted(tasks)}")
         check_x("x", x, tasks=tasks.pop())
+        if lowrank.linear_stack(self.model) is not None:
+            names = {id(p): n for n, p in self.model.named_parameters()}
+            return lowrank.predict(
+                [params[names[id(t)]] for t in lowrank.stack_params(self.model)], self._cast(x)
+            )
         return predict_tasks(self.model, params, self._cast(x))
 
 

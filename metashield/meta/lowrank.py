@@ -285,6 +285,19 @@ def adapt(model: nn.Module, lr: float | list[Tensor], steps: int, x: Tensor, y: 
     return [t for layer in net.layers for t in layer.dense(x.shape[0])]
 
 
+def predict(params: list[Tensor], x: Tensor) -> Tensor:
+    """The MLP's forward under per-task parameters in ``stack_params`` order ([T, out, in], [T, out], …):
+    x [T, M, in] -> [T, M, C], one batched matmul per layer (no ``vmap``)."""
+    h = x
+    last = len(params) // 2 - 1
+    for i in range(last + 1):
+        w, b = params[2 * i], params[2 * i + 1]
+        h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+        if i < last:
+            h = torch.relu(h)
+    return h
+
+
 @torch.no_grad()
 def reptile_update(model: nn.Module, lr: float, steps: int, outer_lr: float, x: Tensor, y: Tensor) -> None:
     """θ ← θ + outer_lr · mean_t(θ'_t − θ) in place, θ'_t after ``steps`` SGD steps; one GEMM per layer."""
