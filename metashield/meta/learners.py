@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from metashield.meta import lowrank
 from metashield.meta._checks import check_episode, check_x
 from metashield.meta.inner import LossFn, Params, StepSizes, adapt_tasks, predict_tasks, query_losses
+from metashield.models.mlp import linear_stack
 
 
 class GradientLearner(nn.Module):
@@ -69,19 +70,21 @@ class GradientLearner(nn.Module):
             self.model, self.loss_fn, *targets
         )
 
+    def _stack_names(self) -> list[str]:
+        """Parameter names in ``lowrank.stack_params`` order, the order of every list the fused path takes."""
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        return [names[id(t)] for t in lowrank.stack_params(self.model)]
+
     def _fused_step_sizes(self) -> float | list[Tensor]:
         """The step size(s) in ``lowrank``'s order: the scalar, or Meta-SGD's tensors layer by layer."""
         sizes = self._step_sizes()
-        if isinstance(sizes, float):
-            return sizes
-        names = {id(p): n for n, p in self.model.named_parameters()}
-        return [sizes[names[id(t)]] for t in lowrank.stack_params(self.model)]
+        return sizes if isinstance(sizes, float) else [sizes[n] for n in self._stack_names()]
 
     def _fused_adapt(self, support_x: Tensor, support_y: Tensor) -> Params:
         """``adapt`` without a graph on the fused path, keyed like ``model.named_parameters()``."""
         adapted = lowrank.adapt(self.model, self._fused_step_sizes(), self.inner_steps, support_x, support_y)
-        by_id = {id(t): a for t, a in zip(lowrank.stack_params(self.model), adapted, strict=True)}
-        return {n: by_id[id(p)] for n, p in self.model.named_parameters()}
+        by_name = dict(zip(self._stack_names(), adapted, strict=True))
+        return {n: by_name[n] for n, _ in self.model.named_parameters()}
 
     def _cast(self, t: Tensor) -> Tensor:
         """Floating tensors in the model's dtype; integer class labels unchanged."""
@@ -113,11 +116,8 @@ class GradientLearner(nn.Module):
         if len(tasks) != 1:
             raise ValueError(f"params must all have the same leading task dimension T, got {sorted(tasks)}")
         check_x("x", x, tasks=tasks.pop())
-        if lowrank.linear_stack(self.model) is not None:
-            names = {id(p): n for n, p in self.model.named_parameters()}
-            return lowrank.predict(
-                [params[names[id(t)]] for t in lowrank.stack_params(self.model)], self._cast(x)
-            )
+        if linear_stack(self.model) is not None:
+            return lowrank.predict([params[n] for n in self._stack_names()], self._cast(x))
         return predict_tasks(self.model, params, self._cast(x))
 
 

@@ -249,22 +249,18 @@ def query_loss(
     ``lr``: a scalar, or one step-size tensor per parameter in ``linear_stack`` order (Meta-SGD).
     """
     params = stack_params(model)
-    if first_order and not isinstance(lr, float):
-        # The step sizes need their gradient through θ − α ⊙ g, so the loop keeps a graph and only the
-        # inner gradients are cut; the rebase below would detach α's part too.
-        net = FusedMLP(params, lr, support_x)
-        for _ in range(steps):
-            net.step(support_y, detach=True)
-    elif first_order:
+    if first_order and isinstance(lr, float):
         with torch.no_grad():
             net = FusedMLP([p.detach() for p in params], lr, support_x)
             for _ in range(steps):
                 net.step(support_y, detach=True)
         net.rebase(params)
     else:
+        # Meta-SGD's step sizes need their gradient through θ − α ⊙ g even at first order, so its loop keeps
+        # a graph and only cuts the inner gradients; the rebase above would detach α's part too.
         net = FusedMLP(params, lr, support_x)
         for _ in range(steps):
-            net.step(support_y, detach=False)
+            net.step(support_y, detach=first_order)
     z, _ = net.forward(query_x)
     return F.cross_entropy(z.reshape(-1, z.shape[-1]), query_y.reshape(-1))
 
