@@ -14,6 +14,7 @@ import torch
 from metashield import __version__
 from metashield.attacks.state import compile_unavailable, set_compile
 from metashield.classify.config import DEMO_CONFIGS
+from metashield.cli_values import count, csv_baselines, csv_counts, csv_floats, csv_names, fraction
 from metashield.config import BASELINES, DATASET_DEFAULTS, ConfigError, load_config
 from metashield.data import DownloadError
 from metashield.data.registry import UnknownDatasetError
@@ -36,13 +37,6 @@ DEMO_OVERRIDES = [
     "evaluate.scratch_steps=[100]",
     "evaluate.logreg_cs=[1.0, 100.0]",
 ]
-
-
-def _csv_ints(text: str) -> list[int]:
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -177,28 +171,6 @@ def cmd_classify(args: argparse.Namespace) -> int:
     return 0
 
 
-def _csv_names(text: str) -> list[str]:
-    return [v.strip() for v in text.split(",") if v.strip()]
-
-
-def _csv_baselines(text: str) -> list[str]:
-    names = _csv_names(text)
-    unknown = [n for n in names if n not in BASELINES]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(f"baselines must be among {', '.join(BASELINES)}, got {text!r}")
-    return names
-
-
-def _csv_floats(text: str) -> list[float]:
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from err
-    if not values:
-        raise argparse.ArgumentTypeError("expected at least one number")
-    return values
-
-
 def cmd_attack(args: argparse.Namespace) -> int:
     from metashield.robustness import attack_run
 
@@ -270,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="metashield", description=__doc__)
     parser.add_argument("--version", action="version", version=f"metashield {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=count(1), help="torch CPU threads (default: torch's choice)")
     parser.add_argument(
         "--compile",
         action="store_true",
@@ -301,23 +273,25 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate", help="few-shot detection of held-out families, every method on the same episodes"
     )
     ev.add_argument("--run", type=Path, required=True)
-    ev.add_argument("--shots", type=_csv_ints, help="e.g. 1,5,10 (default: the run config's)")
-    ev.add_argument("--episodes", type=int, help="episodes per held-out family (default: the run config's)")
+    ev.add_argument("--shots", type=csv_counts, help="e.g. 1,5,10 (default: the run config's)")
+    ev.add_argument(
+        "--episodes", type=count(1), help="episodes per held-out family (default: the run config's)"
+    )
     ev.add_argument(
         "--baselines",
-        type=_csv_baselines,
+        type=csv_baselines,
         help=f"comma-separated baselines to tune and score, of {', '.join(BASELINES)} "
         "(default: the run config's evaluate.baselines)",
     )
     ev.add_argument(
         "--ensemble",
-        type=_csv_names,
+        type=csv_names,
         help="comma-separated meta-learners of the run whose logit margins are averaged into one more "
         "candidate, `ensemble`, e.g. metasgd,maml,fomaml (default: the run config's evaluate.ensemble)",
     )
     ev.add_argument(
         "--novelty",
-        type=_csv_names,
+        type=csv_names,
         help="comma-separated methods (meta-learners, ensemble, baselines) that each get one more candidate, "
         "`<method>+novelty`: blended with the distance to the nearest benign training rows, weight and k "
         "chosen on meta-val; give both sides one, e.g. metasgd,ensemble,finetune,logreg-replay (default: the "
@@ -353,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     at.add_argument(
         "--eps",
-        type=_csv_floats,
+        type=csv_floats,
         default=[0.05, 0.1, 0.2],
         help="budgets in z-units, e.g. 0.05,0.1; whole edits for --attack edits, e.g. 1,3,10",
     )
@@ -367,13 +341,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="trained meta-learners, ensemble (the members of evaluate.ensemble) and finetune; knn, logreg "
         "and logreg-replay too for query attacks (default: the meta-val choice and finetune)",
     )
-    at.add_argument("--shots", type=int, default=5)
-    at.add_argument("--episodes", type=int, default=10, help="episodes per held-out family")
-    at.add_argument("--fraction", type=float, default=0.2, help="support: share of malicious support rows")
+    at.add_argument("--shots", type=count(1), default=5)
+    at.add_argument("--episodes", type=count(1), default=10, help="episodes per held-out family")
+    at.add_argument("--fraction", type=fraction, default=0.2, help="support: share of malicious support rows")
     at.add_argument("--mode", choices=MODES, default="flip-optimised", help="support: what the attacker does")
     at.add_argument(
         "--attacker-benign",
-        type=int,
+        type=count(0),
         default=2000,
         help="support: benign rows the attacker holds to estimate the 1%%-FPR threshold, drawn from the "
         "run's benign validation slice (never the evaluation queries); 0: only the benign support rows",
@@ -432,7 +406,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:
+        # argparse exits on --help, --version and bad values; callers of main() get the status instead.
+        return int(exc.code or 0)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pytest
 from conftest import shared_data
 
 from metashield.cli import main
@@ -60,3 +61,31 @@ def test_compile_without_the_python_headers_is_a_clear_error(data_home, tmp_path
     monkeypatch.setattr("sysconfig.get_paths", lambda: {"include": str(tmp_path)})
     assert main(["--compile", "data", "list"]) == 2
     assert "no Python headers" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["attack", "--run", "r", "--attack", "support", "--fraction", "1.5"],
+            "--fraction: must be in (0, 1]",
+        ),
+        (["attack", "--run", "r", "--attack", "support", "--fraction", "0"], "--fraction: must be in (0, 1]"),
+        (["attack", "--run", "r", "--shots", "0"], "--shots: must be >= 1, got 0"),
+        (["attack", "--run", "r", "--attacker-benign", "-1"], "--attacker-benign: must be >= 0, got -1"),
+        (["evaluate", "--run", "r", "--shots", "1,0"], "--shots: must be >= 1, got 0"),
+        (["evaluate", "--run", "r", "--shots", ","], "--shots: expected comma-separated integers >= 1"),
+        (["evaluate", "--run", "r", "--episodes", "x"], "--episodes: expected an integer, got 'x'"),
+        (["--threads", "0", "data", "list"], "--threads: must be >= 1, got 0"),
+    ],
+)
+def test_bad_option_values_are_refused_before_any_work(argv, message, tmp_path, capsys):
+    # The run directory does not exist: the value must be refused before it is looked for.
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "run.json" not in err
+
+
+def test_version_returns_zero(capsys):
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.startswith("metashield ")

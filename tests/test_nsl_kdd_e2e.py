@@ -11,6 +11,7 @@ import torch
 from metashield.attacks import compile_constraints
 from metashield.cli import main
 from metashield.config import load_config
+from metashield.robustness import attack_run
 from metashield.workflow import evaluate_run, load_run, train_run
 
 TINY = [
@@ -156,7 +157,10 @@ def test_cli_attack_ensemble_and_support_on_nsl_kdd(nsl_run, nsl_kdd_mirror, mon
     support = support_report["methods"]["maml"]["1.0"]
     assert set(support) >= {"clean_tpr@1%fpr", "random_flip_tpr@1%fpr", "attacked_tpr@1%fpr"}
     assert support["clean_tpr@1%fpr"]["mean"] > 0.2
-    assert main([*args, "--attack", "support", "--fraction", "1.5"]) == 2
-    assert "fraction must be in (0, 1]" in capsys.readouterr().err
-    assert main([*args, "--attack", "support", "--attacker-benign", "-1"]) == 2
-    assert "attacker_benign must be >= 0" in capsys.readouterr().err
+    # The library checks what the CLI's option parsers refuse earlier (tests/test_cli.py).
+    with pytest.raises(ValueError, match=r"fraction must be in \(0, 1\]"):
+        attack_run(run, threat="support", attack="pgd", eps=[1.0], methods=["maml"], episodes=1, fraction=1.5)
+    with pytest.raises(ValueError, match="attacker_benign must be >= 0"):
+        attack_run(
+            run, threat="support", attack="pgd", eps=[1.0], methods=["maml"], episodes=1, attacker_benign=-1
+        )
