@@ -15,6 +15,7 @@ choose families, and the same meta-train / meta-val / test families. Its trained
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 from pathlib import Path
@@ -101,6 +102,22 @@ def run_one(out: Path, split: int, seed: int, overrides: list[str], episodes: in
     )
 
 
+def without(report: dict, excluded: set[str]) -> dict:
+    """``report`` with each shot's best meta-learner and best baseline chosen again on meta-val, as if the
+    ``excluded`` methods had not been candidates (an ablation of the val choice; no test figure is used)."""
+    out = copy.deepcopy(report)
+    for entry in out["shots"].values():
+        val = {m: v for m, v in entry["val_tpr@1%fpr"].items() if m not in excluded}
+        bases = set(entry["tuned_baselines"])
+        bases |= {name for name, b in entry.get("novelty", {}).items() if b["method"] in bases}
+        sides = {True: [m for m in val if m in bases], False: [m for m in val if m not in bases]}
+        if not sides[True] or not sides[False]:
+            raise SystemExit(f"--exclude leaves no meta-learner or no baseline: {sorted(val)}")
+        entry["best_baseline"] = max(sides[True], key=val.__getitem__)
+        entry["best_meta_learner"] = max(sides[False], key=val.__getitem__)
+    return out
+
+
 def bootstrap_ci(
     values: np.ndarray, rng: np.random.Generator, n_boot: int = 4000
 ) -> tuple[float, float, float]:
@@ -149,7 +166,8 @@ def markdown(pooled: dict, reports: list[dict], args: argparse.Namespace) -> str
     methods = list(pooled[shots[0]]["methods"])
     lines = [
         f"TPR@1%FPR (%) on held-out NSL-KDD families, splits {args.splits} x seeds {args.seeds}; "
-        "mean over (run, family) with 95% bootstrap CI over those units.",
+        "mean over (run, family) with 95% bootstrap CI over those units."
+        + (f" Left out of the val choice: {args.exclude}." if args.exclude else ""),
         "",
         "| method | " + " | ".join(f"{s}-shot" for s in shots) + " |",
         "|---|" + "---|" * len(shots),
@@ -191,6 +209,12 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, help="episodes per family (default: the config's 50)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--finished-only", action="store_true", help="pool only runs that have metrics")
+    parser.add_argument(
+        "--exclude",
+        default="",
+        help="comma-separated methods left out of the val choice of best meta-learner and best baseline "
+        "(an ablation, e.g. the novelty blends); the tables go to quality_without.{json,md}",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     reports = []
@@ -203,10 +227,17 @@ def main() -> None:
             rep["protocol"]["split_seed"] = split
             rep["protocol"]["train_seed"] = seed
             reports.append(rep)
+    excluded = {m for m in args.exclude.split(",") if m}
+    name = "quality_without" if excluded else "quality"
+    if excluded:
+        reports = [without(r, excluded) for r in reports]
     pooled = pool(reports)
-    atomic_write_json(args.out / "quality.json", {"pooled": pooled, "overrides": args.overrides})
+    atomic_write_json(
+        args.out / f"{name}.json",
+        {"pooled": pooled, "overrides": args.overrides, "excluded": sorted(excluded)},
+    )
     text = markdown(pooled, reports, args)
-    atomic_write_text(args.out / "quality.md", text)
+    atomic_write_text(args.out / f"{name}.md", text)
     print(text)
 
 
