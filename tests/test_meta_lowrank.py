@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metashield.meta import MAML, MetaSGD, Reptile, lowrank
+from metashield.meta import ANIL, MAML, MetaSGD, Reptile, lowrank
 from metashield.meta.inner import predict_tasks
 from metashield.models import MLP
 
@@ -79,7 +79,7 @@ def test_fused_meta_sgd_gradients_equal_generic_loop(first_order, steps, hidden)
     assert_same_outer_loss_and_gradients(fused, generic, every_gradient_nonzero=True)
 
 
-@pytest.mark.parametrize("algorithm", ["maml", "metasgd", "reptile"])
+@pytest.mark.parametrize("algorithm", ["maml", "metasgd", "reptile", "anil"])
 @pytest.mark.parametrize("steps", [0, 1, 3])
 @pytest.mark.parametrize("hidden", [[32, 24], []])
 def test_fused_adapt_without_graph_equals_generic_loop(algorithm, steps, hidden):
@@ -88,12 +88,15 @@ def test_fused_adapt_without_graph_equals_generic_loop(algorithm, steps, hidden)
         "maml": lambda m, **kw: MAML(m, inner_lr=0.3, inner_steps=steps, **kw),
         "metasgd": lambda m, **kw: MetaSGD(m, inner_lr=0.3, inner_steps=steps, **kw).double(),
         "reptile": lambda m, **kw: Reptile(m, inner_lr=0.3, inner_steps=steps, outer_lr=0.5, **kw),
+        "anil": lambda m, **kw: ANIL(m, head="head", inner_lr=0.3, inner_steps=steps, **kw),
     }[algorithm]
     fused, generic = make(fused_model), make(generic_model, loss_fn=generic_ce)
     if algorithm == "metasgd":
         same_random_step_sizes(fused, generic, seed=2)
     sx, sy, qx, _ = episode(seed=5)
-    assert fused._fused(sy) and not generic._fused(sy)
+    # ANIL freezes the body's layers (none when the MLP has no hidden layer).
+    frozen = len(hidden) if algorithm == "anil" else 0
+    assert fused._frozen_layers(sy) == frozen and generic._frozen_layers(sy) is None
     with torch.no_grad():
         pf, pg = fused.adapt(sx, sy), generic.adapt(sx, sy)
         assert list(pf) == list(pg) == [n for n, _ in fused_model.named_parameters()]
@@ -101,6 +104,8 @@ def test_fused_adapt_without_graph_equals_generic_loop(algorithm, steps, hidden)
             assert pf[name].shape == pg[name].shape == (sx.shape[0], *fused_model.get_parameter(name).shape)
             torch.testing.assert_close(pf[name], pg[name], rtol=0, atol=1e-12, msg=name)
         torch.testing.assert_close(fused.predict(pf, qx), generic.predict(pg, qx), rtol=0, atol=1e-12)
+        if frozen:
+            assert pf["body.0.weight"].stride(0) == 0  # a view of the shared tensor, as adapt promises
     # Under autograd adapt stays on the generic loop: its result must carry the graph to θ.
     assert fused.adapt(sx, sy)[next(iter(pf))].requires_grad
 
@@ -141,6 +146,18 @@ def test_fused_reptile_step_equals_generic_loop(hidden):
     Reptile(generic_model, inner_lr=0.2, inner_steps=3, outer_lr=0.5, loss_fn=generic_ce).step(sx, sy)
     for pf, pg in zip(fused_model.parameters(), generic_model.parameters(), strict=True):
         torch.testing.assert_close(pf, pg, rtol=0, atol=1e-12)
+
+
+def test_adapted_layers_that_are_not_a_suffix_stay_on_the_generic_loop():
+    # ANIL adapting a middle layer: the fused path only freezes leading layers, so it must not be taken.
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(7, 8), nn.ReLU(), nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 2)).double()
+    middle, last = ANIL(net, head="2", inner_lr=0.3, inner_steps=2), ANIL(net, head="4", inner_lr=0.3)
+    sx, sy, qx, _ = episode(seed=6)
+    assert middle._frozen_layers(sy) is None and last._frozen_layers(sy) == 2
+    with torch.no_grad():
+        params = middle.adapt(sx, sy)
+    assert not torch.equal(params["2.weight"][0], net[2].weight) and params["4.weight"].stride(0) == 0
 
 
 def test_only_plain_linear_relu_stacks_take_the_fused_path():

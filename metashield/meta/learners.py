@@ -66,9 +66,19 @@ class GradientLearner(nn.Module):
     def _fused(self, *targets: Tensor) -> bool:
         """Whether ``metashield.meta.lowrank`` computes this learner's loop exactly: every parameter of a
         Linear/ReLU stack adapts under mean cross-entropy (MAML, FOMAML, Meta-SGD, Reptile on ``MLP``)."""
-        return len(self._adapted()) == sum(1 for _ in self.model.parameters()) and lowrank.supported(
-            self.model, self.loss_fn, *targets
-        )
+        return self._frozen_layers(*targets) == 0
+
+    def _frozen_layers(self, *targets: Tensor) -> int | None:
+        """How many leading Linear layers do not adapt, where ``lowrank`` supports the model and targets
+        and the adapted parameters are exactly the weights and biases of the layers after them; else None
+        (ANIL on ``MLP``: the body's layers)."""
+        if lowrank.supported(self.model, self.loss_fn, *targets):
+            names = self._stack_names()
+            adapted = set(self._adapted())
+            for frozen in range(len(names) // 2):
+                if adapted == set(names[2 * frozen :]):
+                    return frozen
+        return None
 
     def _stack_names(self) -> list[str]:
         """Parameter names in ``lowrank.stack_params`` order, the order of every list the fused path takes."""
@@ -80,9 +90,11 @@ class GradientLearner(nn.Module):
         sizes = self._step_sizes()
         return sizes if isinstance(sizes, float) else [sizes[n] for n in self._stack_names()]
 
-    def _fused_adapt(self, support_x: Tensor, support_y: Tensor) -> Params:
+    def _fused_adapt(self, support_x: Tensor, support_y: Tensor, frozen: int) -> Params:
         """``adapt`` without a graph on the fused path, keyed like ``model.named_parameters()``."""
-        adapted = lowrank.adapt(self.model, self._fused_step_sizes(), self.inner_steps, support_x, support_y)
+        sizes = self._fused_step_sizes()
+        sizes = sizes if isinstance(sizes, float) else sizes[2 * frozen :]
+        adapted = lowrank.adapt(self.model, sizes, self.inner_steps, support_x, support_y, frozen)
         by_name = dict(zip(self._stack_names(), adapted, strict=True))
         return {n: by_name[n] for n, _ in self.model.named_parameters()}
 
@@ -100,8 +112,9 @@ class GradientLearner(nn.Module):
         but no outer graph is built.
         """
         check_episode(support_x, support_y, None, None)
-        if not torch.is_grad_enabled() and self._fused(support_y):
-            return self._fused_adapt(self._cast(support_x), support_y)
+        frozen = self._frozen_layers(support_y)
+        if not torch.is_grad_enabled() and frozen is not None:
+            return self._fused_adapt(self._cast(support_x), support_y, frozen)
         params = dict(self.model.named_parameters())
         if not torch.is_grad_enabled():
             # vmap hands back non-adapted inputs as views that keep requires_grad even under no_grad.

@@ -266,19 +266,30 @@ def query_loss(
 
 
 @torch.no_grad()
-def adapt(model: nn.Module, lr: float | list[Tensor], steps: int, x: Tensor, y: Tensor) -> list[Tensor]:
+def adapt(
+    model: nn.Module, lr: float | list[Tensor], steps: int, x: Tensor, y: Tensor, frozen: int = 0
+) -> list[Tensor]:
     """Adapted parameters without a graph, in ``linear_stack`` order: weight [T, out, in], bias [T, out], ….
 
-    Unchanged parameters (no steps) come back as expanded views of the shared tensor, as ``vmap`` gives
-    them.
+    ``frozen``: leading Linear layers that do not adapt (ANIL's body); ``lr`` then covers the others only.
+    Unchanged parameters (frozen, or no steps) come back as expanded views of the shared tensor, as ``vmap``
+    gives them.
     """
     params = [t.detach() for t in stack_params(model)]
+    if not 0 <= frozen < len(params) // 2:
+        raise ValueError(f"frozen must be in [0, {len(params) // 2 - 1}], got {frozen}")
+    tasks = x.shape[0]
+    kept = [t.expand(tasks, *t.shape) for t in params[: 2 * frozen]]
+    # The frozen layers' output does not change across inner steps: computed once, on all tasks' rows.
+    h = x
+    for i in range(frozen):
+        h = torch.relu(F.linear(h, params[2 * i], params[2 * i + 1]))
     # Without a graph the low-rank factors buy nothing, and they grow with every step (fine-tuning takes
     # up to 100): dense per-task weights cost the same at every step.
-    net = FusedMLP(params, lr if isinstance(lr, float) else [a.detach() for a in lr], x, dense=True)
+    net = FusedMLP(params[2 * frozen :], lr if isinstance(lr, float) else [a.detach() for a in lr], h, True)
     for _ in range(steps):
         net.step(y, detach=True)
-    return [t for layer in net.layers for t in layer.dense(x.shape[0])]
+    return kept + [t for layer in net.layers for t in layer.dense(tasks)]
 
 
 def predict(params: list[Tensor], x: Tensor) -> Tensor:
