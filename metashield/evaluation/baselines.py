@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import NearestNeighbors
+from threadpoolctl import threadpool_limits
 from torch import nn
 
 from metashield.meta import ANIL, MAML
@@ -99,6 +100,13 @@ def knn_scorer() -> Scorer:
     return score
 
 
+def _one_blas_thread():
+    """A context for scikit-learn's fits on one episode (at most ~1,000 x 121 values): BLAS threads never pay
+    for such small products, and beside torch's own threads they oversubscribe the cores. On 2 cores next to
+    torch, one logistic-regression fit took 80-250 ms with OpenBLAS's default threads and 2-6 ms with one."""
+    return threadpool_limits(limits=1, user_api="blas")
+
+
 def _logistic(C: float) -> LogisticRegression:
     """The logistic regression both ``logreg_scorer`` and its attackable form fit on a support set."""
     return LogisticRegression(C=C, max_iter=1000)
@@ -109,9 +117,10 @@ def logreg_scorer(C: float) -> Scorer:
 
     def score(sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor) -> np.ndarray:
         out = []
-        for s, y, q in zip(sx.cpu().numpy(), sy.cpu().numpy(), qx.cpu().numpy(), strict=True):
-            clf = _logistic(C).fit(s, y)
-            out.append(clf.decision_function(q))
+        with _one_blas_thread():
+            for s, y, q in zip(sx.cpu().numpy(), sy.cpu().numpy(), qx.cpu().numpy(), strict=True):
+                clf = _logistic(C).fit(s, y)
+                out.append(clf.decision_function(q))
         return np.stack(out)
 
     return score
@@ -209,10 +218,11 @@ class LogisticRegressionLearner(nn.Module):
         self.C = C
 
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor) -> dict[str, torch.Tensor]:
-        fits = [
-            _logistic(self.C).fit(s, y)
-            for s, y in zip(support_x.detach().cpu().numpy(), support_y.cpu().numpy(), strict=True)
-        ]
+        with _one_blas_thread():
+            fits = [
+                _logistic(self.C).fit(s, y)
+                for s, y in zip(support_x.detach().cpu().numpy(), support_y.cpu().numpy(), strict=True)
+            ]
         # scikit-learn keeps one weight row for two classes (the logit of class 1 against class 0).
         weight = np.stack(
             [np.vstack([np.zeros_like(f.coef_), f.coef_]) if len(f.coef_) == 1 else f.coef_ for f in fits]
