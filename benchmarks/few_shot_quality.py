@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from metashield._atomic import atomic_write_json, atomic_write_text
+from metashield._atomic import atomic_write_json, atomic_write_text, check_file_name
 from metashield.config import Config, load_config
 from metashield.experiment import prepare
 from metashield.runs import load_run_config, read_metrics
@@ -213,7 +213,11 @@ def main() -> None:
         "--exclude",
         default="",
         help="comma-separated methods left out of the val choice of best meta-learner and best baseline "
-        "(an ablation, e.g. the novelty blends); the tables go to quality_without.{json,md}",
+        "(an ablation, e.g. the novelty blends)",
+    )
+    parser.add_argument(
+        "--name",
+        help="base name of the tables written under --out (default: quality, with --exclude quality_without)",
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -228,7 +232,8 @@ def main() -> None:
             rep["protocol"]["train_seed"] = seed
             reports.append(rep)
     excluded = {m for m in args.exclude.split(",") if m}
-    name = "quality_without" if excluded else "quality"
+    name = args.name or ("quality_without" if excluded else "quality")
+    check_file_name(name, "--name")
     if excluded:
         reports = [without(r, excluded) for r in reports]
     pooled = pool(reports)
