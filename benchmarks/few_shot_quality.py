@@ -161,13 +161,13 @@ def pool(reports: list[dict]) -> dict:
     return out
 
 
-def markdown(pooled: dict, reports: list[dict], args: argparse.Namespace) -> str:
+def markdown(pooled: dict, reports: list[dict], args: argparse.Namespace, excluded: str = "") -> str:
     shots = list(pooled)
     methods = list(pooled[shots[0]]["methods"])
     lines = [
         f"TPR@1%FPR (%) on held-out NSL-KDD families, splits {args.splits} x seeds {args.seeds}; "
         "mean over (run, family) with 95% bootstrap CI over those units."
-        + (f" Left out of the val choice: {args.exclude}." if args.exclude else ""),
+        + (f" Left out of the val choice: {excluded}." if excluded else ""),
         "",
         "| method | " + " | ".join(f"{s}-shot" for s in shots) + " |",
         "|---|" + "---|" * len(shots),
@@ -241,7 +241,7 @@ def main() -> None:
         args.out / f"{name}.json",
         {"pooled": pooled, "overrides": args.overrides, "excluded": sorted(excluded)},
     )
-    text = markdown(pooled, reports, args)
+    text = markdown(pooled, reports, args, excluded=args.exclude)
     atomic_write_text(args.out / f"{name}.md", text)
     print(text)
 
