@@ -102,19 +102,27 @@ def run_one(out: Path, split: int, seed: int, overrides: list[str], episodes: in
     )
 
 
+def sides(entry: dict, excluded: set[str] = frozenset()) -> tuple[list[str], list[str]]:
+    """(meta-learner candidates, baseline candidates) of one shot's ``metrics.json`` entry, from the methods
+    it scored on meta-val: the tuned baselines and their novelty blends on one side, every other method
+    (meta-learners, the ``ensemble`` candidate, their blends, candidates a study added) on the other."""
+    bases = set(entry["tuned_baselines"])
+    bases |= {name for name, b in entry.get("novelty", {}).items() if b["method"] in bases}
+    val = [m for m in entry["val_tpr@1%fpr"] if m not in excluded]
+    return [m for m in val if m not in bases], [m for m in val if m in bases]
+
+
 def without(report: dict, excluded: set[str]) -> dict:
     """``report`` with each shot's best meta-learner and best baseline chosen again on meta-val, as if the
     ``excluded`` methods had not been candidates (an ablation of the val choice; no test figure is used)."""
     out = copy.deepcopy(report)
     for entry in out["shots"].values():
-        val = {m: v for m, v in entry["val_tpr@1%fpr"].items() if m not in excluded}
-        bases = set(entry["tuned_baselines"])
-        bases |= {name for name, b in entry.get("novelty", {}).items() if b["method"] in bases}
-        sides = {True: [m for m in val if m in bases], False: [m for m in val if m not in bases]}
-        if not sides[True] or not sides[False]:
-            raise SystemExit(f"--exclude leaves no meta-learner or no baseline: {sorted(val)}")
-        entry["best_baseline"] = max(sides[True], key=val.__getitem__)
-        entry["best_meta_learner"] = max(sides[False], key=val.__getitem__)
+        meta, bases = sides(entry, excluded)
+        if not meta or not bases:
+            raise SystemExit(f"--exclude leaves no meta-learner or no baseline: {meta + bases}")
+        val = entry["val_tpr@1%fpr"]
+        entry["best_baseline"] = max(bases, key=val.__getitem__)
+        entry["best_meta_learner"] = max(meta, key=val.__getitem__)
     return out
 
 

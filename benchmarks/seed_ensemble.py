@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from few_shot_quality import bootstrap_ci, markdown, pool  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
+from few_shot_quality import bootstrap_ci, markdown, pool, sides  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
 
 from metashield._atomic import atomic_write_json, atomic_write_text  # noqa: E402
 from metashield.device import resolve_device  # noqa: E402
@@ -89,7 +89,8 @@ def add_candidate(
                     f"says {row[METRIC]:.6f}: these are not the episodes `metashield evaluate` used"
                 )
         entry["summary"][name] = summarise_method(per_episode[name], seed=config.seed)
-        candidates = [*config.train.algorithms, name]
+        # Every meta-side candidate the run's evaluate scored (its `ensemble` and blends included), plus this.
+        candidates, _ = sides(entry)
         entry["best_meta_learner"] = max(candidates, key=lambda a: entry["val_tpr@1%fpr"][a])
         print(
             f"{run.name} {k}-shot: {name} val {100 * entry['val_tpr@1%fpr'][name]:.1f} "
