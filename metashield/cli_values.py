@@ -4,11 +4,12 @@ argparse error naming the option at once, before any data is loaded."""
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 from metashield.config import BASELINES
 
 
-def count(minimum: int):
+def count(minimum: int) -> Callable[[str], int]:
     """An integer option that must be at least ``minimum``."""
 
     def parse(text: str) -> int:

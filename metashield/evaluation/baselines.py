@@ -100,7 +100,7 @@ def knn_scorer() -> Scorer:
     return score
 
 
-def _one_blas_thread():
+def _one_blas_thread() -> threadpool_limits:
     """A context for scikit-learn's fits on one episode (at most ~1,000 x 121 values): BLAS threads never pay
     for such small products, and beside torch's own threads they oversubscribe the cores. On 2 cores next to
     torch, one logistic-regression fit took 80-250 ms with OpenBLAS's default threads and 2-6 ms with one."""
