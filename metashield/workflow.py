@@ -30,7 +30,7 @@ from metashield.evaluation.baselines import (
 )
 from metashield.evaluation.novelty import SUFFIX as NOVELTY
 from metashield.evaluation.novelty import novelty_scorer, tune_blend
-from metashield.evaluation.protocol import mean_score, run_protocol
+from metashield.evaluation.protocol import choice_stability, family_scores, mean_score, run_protocol
 from metashield.evaluation.report import (
     format_family_table,
     format_table,
@@ -243,14 +243,20 @@ def train_run(config: Config, out_dir: str | Path, *, resume: bool = False, prog
 
 
 def tune_baseline(grid: list[dict], make, val_sets, label: str) -> tuple[dict, float, list]:
-    """Pick the grid point with the best mean meta-val TPR@1%FPR (ties: the first, i.e. the simplest)."""
-    scores = [mean_score(make(**p), val_sets) for p in grid]
+    """Pick the grid point with the best mean meta-val TPR@1%FPR (ties: the first, i.e. the simplest).
+
+    Returns (params, score, trace); each trace entry also holds its per-family meta-val scores."""
+    per_family = [family_scores(make(**p), val_sets) for p in grid]
+    scores = [float(np.mean(list(f.values()))) for f in per_family]
     best = int(np.argmax(scores))
     log.info("%s: best %s (meta-val TPR@1%%FPR %.3f)", label, grid[best], scores[best])
     return (
         grid[best],
         scores[best],
-        [{"params": p, "val_tpr@1%fpr": s} for p, s in zip(grid, scores, strict=True)],
+        [
+            {"params": p, "val_tpr@1%fpr": s, "val_per_family": f}
+            for p, s, f in zip(grid, scores, per_family, strict=True)
+        ],
     )
 
 
@@ -328,15 +334,15 @@ def evaluate_run(
     tables = []
     for k in shots:
         val_sets = tuning_episode_sets(config, prep, k, device)
-        tuned, methods, val_scores = {}, {}, {}
+        tuned, methods, val_family = {}, {}, {}
         for a, learner in learners.items():
             methods[a] = learner_scorer(learner)
-            val_scores[a] = mean_score(methods[a], val_sets, name=a)
+            val_family[a] = family_scores(methods[a], val_sets, name=a)
         meta_learners = list(learners)
         if ec.ensemble:
             # The very learner `adapt` deploys and `attack` attacks when meta-val chooses it.
             methods[ENSEMBLE] = learner_scorer(Ensemble({a: learners[a] for a in ec.ensemble}))
-            val_scores[ENSEMBLE] = mean_score(methods[ENSEMBLE], val_sets, name=ENSEMBLE)
+            val_family[ENSEMBLE] = family_scores(methods[ENSEMBLE], val_sets, name=ENSEMBLE)
             meta_learners.append(ENSEMBLE)
         baseline_names = list(ec.baselines)
         for b in baseline_names:
@@ -345,7 +351,7 @@ def evaluate_run(
             )
             tuned[b] = {"params": params, "val_tpr@1%fpr": score, "searched": trace}
             methods[b] = make_baseline(b, params)
-            val_scores[b] = score
+            val_family[b] = next(t["val_per_family"] for t in trace if t["params"] == params)
         blends = {}
         for m in ec.novelty.methods if ec.novelty else ():
             best, trace = tune_blend(methods[m], val_sets, table, reference, ec.novelty.weights)
@@ -361,11 +367,20 @@ def evaluate_run(
             methods[name] = novelty_scorer(
                 methods[m], table.column(best["k"]), best["novelty_scale"], reference, best["weight"]
             )
-            val_scores[name] = best["val_tpr@1%fpr"]
+            val_family[name] = best["val_per_family"]
             blends[name] = {"method": m, **best, "searched": trace}
             (meta_learners if m in meta_learners else baseline_names).append(name)
+        val_scores = {m: float(np.mean(list(f.values()))) for m, f in val_family.items()}
         best_meta = max(meta_learners, key=lambda a: val_scores[a])
         best_base = max(baseline_names, key=lambda b: val_scores[b]) if baseline_names else None
+        # How much the choice owes to which families happened to be meta-val: chosen again on resamples.
+        stability = {
+            "meta_learners": choice_stability({a: val_family[a] for a in meta_learners}, seed=config.seed)
+        }
+        if baseline_names:
+            stability["baselines"] = choice_stability(
+                {b: val_family[b] for b in baseline_names}, seed=config.seed
+            )
 
         test_sets = held_out_episode_sets(config, prep, k, n_episodes, device)
         if not test_sets:
@@ -376,6 +391,8 @@ def evaluate_run(
         entry = {
             "summary": summary,
             "val_tpr@1%fpr": val_scores,
+            "val_per_family": val_family,
+            "val_choice_stability": stability,
             "best_meta_learner": best_meta,
             "best_baseline": best_base,
             "tuned_baselines": tuned,
@@ -405,6 +422,14 @@ def evaluate_run(
                 f"paired TPR@1%FPR {best_meta} - {best_base}: {100 * d['mean']:+.1f} points "
                 f"[{100 * d['family_ci'][0]:+.1f}, {100 * d['family_ci'][1]:+.1f}]"
             )
+        tables.append(
+            "meta-val choice under a bootstrap of the meta-val families: "
+            + "; ".join(
+                f"{chosen} chosen in {100 * stability[side][chosen]:.0f}% of resamples"
+                for side, chosen in (("meta_learners", best_meta), ("baselines", best_base))
+                if chosen is not None
+            )
+        )
         tables.append(
             f"{n_benign} benign queries per episode: smallest FPR step {100 / n_benign:.3g}%; "
             f"{n_episodes} episodes per family"

@@ -1,7 +1,8 @@
 import numpy as np
+import pytest
 
 from metashield.evaluation.metrics import roc_auc, tpr_at_fpr
-from metashield.evaluation.protocol import episode_seed, worst_case_scores
+from metashield.evaluation.protocol import choice_stability, episode_seed, worst_case_scores
 
 
 def test_non_finite_scores_count_against_the_method():
@@ -148,3 +149,15 @@ def test_family_table_prints_long_method_names_whole_and_aligned():
     assert header.split() == ["family", "maml", "logreg-replay-long"]
     assert line.split() == ["a", "50.0", "100.0"]
     assert len(header) == len(line)  # every column as wide as its longest name
+
+
+def test_choice_stability_counts_bootstrap_wins_over_families():
+    # Two families: resamples (f1,f1), (f1,f2), (f2,f1) make a the best (means 1, 0.5, 0.5 against 0, 0.45,
+    # 0.45) and (f2,f2) makes b the best, so a wins 3/4 of them in expectation.
+    per_family = {"a": {"f1": 1.0, "f2": 0.0}, "b": {"f1": 0.0, "f2": 0.9}}
+    shares = choice_stability(per_family, n_boot=40000, seed=1)
+    assert shares["a"] == pytest.approx(0.75, abs=0.01) and shares["a"] + shares["b"] == pytest.approx(1.0)
+    # Ties go to the first candidate, as the choice itself does.
+    assert choice_stability({"a": {"f": 0.5}, "b": {"f": 0.5}}) == {"a": 1.0, "b": 0.0}
+    with pytest.raises(ValueError, match="same families"):
+        choice_stability({"a": {"f1": 1.0}, "b": {"f2": 1.0}})

@@ -101,6 +101,20 @@ def test_report_is_complete_and_selection_uses_meta_val(synthetic_run):
     assert "paired_best_meta_minus_best_baseline" in entry
     assert len(entry["tuned_baselines"]["logreg"]["searched"]) == 7
     assert len(entry["tuned_baselines"]["logreg-replay"]["searched"]) == 7
+    # Every candidate's meta-val score is the mean of the per-family scores recorded beside it, on the
+    # meta-val families; the choice's bootstrap shares sum to 1 on each side and favour the choice most.
+    for method, score in entry["val_tpr@1%fpr"].items():
+        per_family = entry["val_per_family"][method]
+        assert set(per_family) == set(report["protocol"]["val_families"])
+        assert score == pytest.approx(np.mean(list(per_family.values())), abs=1e-12), method
+    for side, chosen in (
+        ("meta_learners", entry["best_meta_learner"]),
+        ("baselines", entry["best_baseline"]),
+    ):
+        shares = entry["val_choice_stability"][side]
+        assert sum(shares.values()) == pytest.approx(1.0) and chosen in shares
+        assert shares[chosen] == max(shares.values()), (side, shares)
+    assert "chosen in" in report["table"]
 
 
 def test_train_refuses_a_non_empty_run_directory(synthetic_run, tmp_path):

@@ -149,7 +149,8 @@ def tune_blend(
     weights: Sequence[float],
 ) -> tuple[dict, list[dict]]:
     """The (weight, k) with the best meta-val TPR@1%FPR (mean over families of the episode mean; ties: the
-    first in ``weights`` x ``table.ks``), from one adaptation per episode. Returns (best, every point)."""
+    first in ``weights`` x ``table.ks``), from one adaptation per episode. Returns (best, every point); each
+    point also holds its per-family meta-val scores."""
     scales = table(reference).std(axis=0)
     parts = {}
     for fam, es in sets.items():
@@ -158,13 +159,20 @@ def tune_blend(
     trace = []
     for w in weights:
         for j, k in enumerate(table.ks):
-            per_family = []
+            per_family = {}
             for fam, (q, ref, nov) in parts.items():
                 s = worst_case_scores(blend(q, ref, nov[..., j], scales[j], w), sets[fam].query_y)
-                per_family.append(
+                per_family[fam] = float(
                     np.mean([tpr_at_fpr(s[e], sets[fam].query_y[e], 0.01) for e in range(len(s))])
                 )
-            trace.append({"weight": w, "k": k, "val_tpr@1%fpr": float(np.mean(per_family))})
+            trace.append(
+                {
+                    "weight": w,
+                    "k": k,
+                    "val_tpr@1%fpr": float(np.mean(list(per_family.values()))),
+                    "val_per_family": per_family,
+                }
+            )
     best = max(trace, key=lambda p: p["val_tpr@1%fpr"])
     return {**best, "novelty_scale": float(scales[table.ks.index(best["k"])])}, trace
 

@@ -145,6 +145,38 @@ def mean_score(
     return mean_metric(run_protocol({name: scorer}, sets)[name], metric)
 
 
+def family_scores(
+    scorer: Scorer, sets: Mapping[str, EpisodeSet], *, name: str = "m", metric: str = "tpr@1%fpr"
+) -> dict[str, float]:
+    """Per family, the mean of ``metric`` over its episodes; their mean is ``mean_score``."""
+    return family_means(run_protocol({name: scorer}, sets)[name], metric)
+
+
+def family_means(result: Mapping[str, list[dict[str, float]]], metric: str = "tpr@1%fpr") -> dict[str, float]:
+    """Per family, the mean of ``metric`` over its episodes."""
+    return {fam: float(np.mean([ep[metric] for ep in eps])) for fam, eps in result.items()}
+
+
 def mean_metric(result: Mapping[str, list[dict[str, float]]], metric: str = "tpr@1%fpr") -> float:
     """Mean over families of the per-family mean (every family weighs the same)."""
-    return float(np.mean([np.mean([ep[metric] for ep in eps]) for eps in result.values()]))
+    return float(np.mean(list(family_means(result, metric).values())))
+
+
+def choice_stability(
+    per_family: Mapping[str, Mapping[str, float]], *, n_boot: int = 2000, seed: int = 0
+) -> dict[str, float]:
+    """How often each candidate would be chosen if the families were drawn again: the share of ``n_boot``
+    bootstrap resamples of the families (with replacement, the same resample for every candidate) in which
+    its mean over the resampled families is the highest (ties: the first candidate, as the choice itself).
+
+    per_family: candidate -> family -> score (e.g. meta-val TPR@1%FPR), every candidate on the same families.
+    """
+    names = list(per_family)
+    families = sorted(per_family[names[0]])
+    if any(sorted(per_family[n]) != families for n in names):
+        raise ValueError("every candidate must be scored on the same families")
+    table = np.array([[per_family[n][f] for f in families] for n in names])  # [C, F]
+    draws = np.random.default_rng(seed).integers(len(families), size=(n_boot, len(families)))
+    means = table[:, draws].mean(-1)  # [C, B]
+    wins = np.bincount(means.argmax(0), minlength=len(names))
+    return {n: float(w / n_boot) for n, w in zip(names, wins, strict=True)}
