@@ -72,16 +72,6 @@ class _LowRank:
             return g
         return torch.add(g, torch.bmm(torch.bmm(d, self.d.transpose(1, 2)), self.a), alpha=-self.lr)
 
-    def dense(self, tasks: int) -> tuple[Tensor, Tensor]:
-        """This layer's per-task weight [T, out, in] and bias [T, out]."""
-        return self._dense(tasks, self.a)
-
-    def _dense(self, tasks: int, a: Tensor | None) -> tuple[Tensor, Tensor]:
-        w, b = self.w.expand(tasks, *self.w.shape), self.b.expand(tasks, *self.b.shape)
-        if self.d is None:
-            return w, b
-        return torch.baddbmm(w, self.d.transpose(1, 2), a, alpha=-self.lr), b - self.lr * self.db
-
     def push(self, a: Tensor, d: Tensor) -> None:
         if self.a is None:
             self.a, self.d, self.db = a, d, d.sum(1)
@@ -109,9 +99,6 @@ class _First(_LowRank):
             g = torch.bmm(u, self.x.transpose(1, 2))
         return torch.add(y, torch.baddbmm(self.db.unsqueeze(1), g, self.d), alpha=-self.lr)
 
-    def dense(self, tasks: int) -> tuple[Tensor, Tensor]:
-        return self._dense(tasks, self.x)
-
     def push(self, a: Tensor, d: Tensor) -> None:
         if self.d is None:
             self.d, self.db = d, d.sum(1)
@@ -131,6 +118,7 @@ class _Dense(_LowRank):
         return d @ self.w if self.w.dim() == 2 else torch.bmm(d, self.w)
 
     def dense(self, tasks: int) -> tuple[Tensor, Tensor]:
+        """This layer's per-task weight [T, out, in] and bias [T, out]."""
         if self.w.dim() == 3:
             return self.w, self.b
         return self.w.expand(tasks, *self.w.shape), self.b.expand(tasks, *self.b.shape)
