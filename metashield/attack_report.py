@@ -9,6 +9,12 @@ def _pct(ci: dict) -> str:
     return f"{100 * ci['mean']:6.1f} [{100 * lo:5.1f},{100 * hi:5.1f}]"
 
 
+def _signed(d: dict) -> str:
+    """A paired difference in points with its family-level CI: ``+1.2 [-0.3, +2.6]``."""
+    lo, hi = d["family_ci"]
+    return f"{100 * d['mean']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+
+
 def format_attack_table(report: dict) -> str:
     """Plain-text summary: TPR@1%FPR in percent with family-level 95% CIs."""
     lines = [
@@ -44,16 +50,12 @@ def format_attack_table(report: dict) -> str:
                 lines.append(
                     f"  eps={e:<6} clean {_pct(s['clean_tpr@1%fpr'])}  random flip "
                     f"{_pct(s['random_flip_tpr@1%fpr'])}  attacked {_pct(s['attacked_tpr@1%fpr'])}  "
-                    f"attacked - flip {100 * s['attacked_minus_random_flip']['mean']:+.1f} "
-                    f"[{100 * s['attacked_minus_random_flip']['family_ci'][0]:+.1f}, "
-                    f"{100 * s['attacked_minus_random_flip']['family_ci'][1]:+.1f}]"
+                    f"attacked - flip {_signed(s['attacked_minus_random_flip'])}"
                 )
     for key, pairs in report.get("paired", {}).items():
         for name, d in pairs.items():
-            lo, hi = d["family_ci"]
             lines.append(
-                f"paired TPR@1%FPR {name}, {'clean' if key == 'clean' else 'eps=' + key}: "
-                f"{100 * d['mean']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+                f"paired TPR@1%FPR {name}, {'clean' if key == 'clean' else 'eps=' + key}: {_signed(d)}"
             )
     return "\n".join(lines)
 
