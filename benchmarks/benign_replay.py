@@ -7,9 +7,9 @@ A team that meets a new attack family holds a few labelled attack rows but plent
 ``logreg-replay`` baseline (``evaluation.baselines.benign_replay``) fits scikit-learn's logistic regression on
 each support set plus ``evaluate.replay_rows`` (1,000) rows of the run's benign TRAINING slice, the attack
 rows repeated to balance the classes. Its inverse L2 strength C is searched on the meta-val episodes over
-``evaluate.logreg_cs`` exactly like ``logreg``'s (``workflow.tune_baseline``), then it is scored on the run's
-own test episodes (``runs.held_out_episode_sets``, those of ``metrics.json``). It joins the run's baselines
-as one more candidate for the val-chosen best baseline, and the pooled table is recomputed with
+``evaluate.logreg_cs`` exactly like ``logreg``'s (``baseline_tuning.tune_baseline``), then it is scored on
+the run's own test episodes (``runs.held_out_episode_sets``, those of ``metrics.json``). It joins the run's
+baselines as one more candidate for the val-chosen best baseline, and the pooled table is recomputed with
 ``few_shot_quality.pool``. Nothing is chosen on test families.
 
 Each run's result is cached as ``benign_replay.json`` in the run directory (so several processes can share
@@ -35,6 +35,7 @@ if str(ROOT) not in sys.path:
 from few_shot_quality import METRIC, markdown, pool  # noqa: E402  (benchmarks/ is on sys.path)
 
 from metashield._atomic import atomic_write_json, atomic_write_text  # noqa: E402
+from metashield.baseline_tuning import baseline_grids, baseline_scorer, tune_baseline  # noqa: E402
 from metashield.device import resolve_device  # noqa: E402
 from metashield.evaluation.protocol import run_protocol  # noqa: E402
 from metashield.evaluation.report import summarise_method  # noqa: E402
@@ -44,7 +45,6 @@ from metashield.runs import (  # noqa: E402
     load_run_config,
     tuning_episode_sets,
 )
-from metashield.workflow import baseline_grids, baseline_scorer, tune_baseline  # noqa: E402
 
 NAME = "logreg-replay"
 

@@ -51,6 +51,7 @@ from replay_blend import check_reproduces  # noqa: E402
 from seed_ensemble import paired_gain  # noqa: E402
 
 from metashield._atomic import atomic_write_json, atomic_write_text  # noqa: E402
+from metashield.baseline_tuning import baseline_scorer  # noqa: E402
 from metashield.config import NoveltyConfig, config_from_dict  # noqa: E402
 from metashield.evaluation.baselines import ENSEMBLE, Scorer, learner_scorer  # noqa: E402
 from metashield.evaluation.metrics import tpr_at_fpr  # noqa: E402
@@ -64,7 +65,6 @@ from metashield.runs import (  # noqa: E402
     novelty_table,
     tuning_episode_sets,
 )
-from metashield.workflow import baseline_scorer  # noqa: E402
 
 NOVELTY = "novelty"
 KNN_REPLAY = "knn-replay"

@@ -48,6 +48,7 @@ from few_shot_quality import METRIC, markdown, pool  # noqa: E402
 from seed_ensemble import ensemble_scorer, paired_gain  # noqa: E402
 
 from metashield._atomic import atomic_write_json, atomic_write_text  # noqa: E402
+from metashield.baseline_tuning import baseline_scorer  # noqa: E402
 from metashield.device import resolve_device  # noqa: E402
 from metashield.evaluation.baselines import Scorer, learner_scorer  # noqa: E402
 from metashield.evaluation.protocol import EpisodeSet, mean_metric, score_set, set_metrics  # noqa: E402
@@ -59,7 +60,6 @@ from metashield.runs import (  # noqa: E402
     load_run_config,
     tuning_episode_sets,
 )
-from metashield.workflow import baseline_scorer  # noqa: E402
 
 META = "metasgd"
 NAME = "metasgd+replay"

@@ -516,8 +516,8 @@ def test_scratch_baseline_scores_the_same_whatever_ran_before(synthetic_run):
     import numpy as np
     import torch
 
+    from metashield.baseline_tuning import baseline_scorer
     from metashield.runs import load_run, tuning_episode_sets
-    from metashield.workflow import baseline_scorer
 
     run, _ = synthetic_run
     config, prep, _ = load_run(run)
