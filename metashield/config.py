@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 Algorithm = Literal["maml", "fomaml", "metasgd", "reptile", "anil", "protonet"]
 Baseline = Literal["finetune", "scratch", "knn", "logreg", "logreg-replay"]
@@ -59,11 +59,20 @@ class TabularSource(_Strict):
 
     path: Path
     label_column: str
-    benign_label: str
+    benign_label: str | int
+    """The label of benign rows; an int is also compared as a number (``0`` matches ``0`` and ``0.0``)."""
     drop_columns: list[str] = Field(default_factory=list)
     categorical_columns: list[str] | None = None
     log_columns: list[str] = Field(default_factory=list)
     on_bad_rows: Literal["error", "drop"] = "error"
+
+    @field_validator("benign_label", mode="before")
+    @classmethod
+    def _not_a_bool(cls, value: Any) -> Any:
+        # YAML reads yes/no/true/false as booleans, which pydantic would turn into 1/0 without a word.
+        if isinstance(value, bool):
+            raise ValueError(f"expected a string or an integer label, got the boolean {value}; quote it")
+        return value
 
 
 class FamiliesConfig(_Strict):
@@ -254,9 +263,10 @@ class TrainConfig(_Strict):
             )
         if self.kind == "classify":
             raise ValueError(
-                "`metashield train` meta-validates and evaluates detection of held-out families; N-way "
-                "family classification episodes come from metashield.tasks.EpisodeSampler(kind='classify') "
-                "for your own loop"
+                "train.kind: `metashield train` meta-validates and evaluates detection of held-out "
+                "families; N-way family classification is `metashield classify --config C` (e.g. "
+                "configs/drebin_families.yaml), or metashield.tasks.EpisodeSampler(kind='classify') in "
+                "your own loop"
             )
         return self
 

@@ -128,3 +128,27 @@ def test_evaluate_novelty_names_evaluated_methods_and_valid_grids():
     ):
         with pytest.raises(ConfigError, match=message):
             load_config(None, [f"evaluate.novelty={value}"])
+
+
+@pytest.mark.parametrize(("benign", "cells"), [("0", ["0", "1"]), ("0", ["0.0", "1.0"]), ("'0'", ["0", "1"])])
+def test_a_numeric_benign_label_loads_a_numeric_label_column(tmp_path, benign, cells):
+    """``benign_label: 0`` is an int in YAML: it validates, and matches the CSV's label cells written as
+    ``0`` or ``0.0``; a quoted ``'0'`` stays a string and matches the text ``0``."""
+    from metashield.data import BENIGN
+    from metashield.experiment import load_raw
+
+    csv = tmp_path / "numeric.csv"
+    csv.write_text(f"x,label\n1.5,{cells[0]}\n2.5,{cells[1]}\n3.5,{cells[0]}\n", encoding="utf-8")
+    path = tmp_path / "c.yaml"
+    source = f"{{path: '{csv}', label_column: label, benign_label: {benign}}}"
+    path.write_text(f"data:\n  dataset: tabular\n  tabular: {source}\n")
+    config = load_config(path)
+    assert config.data.tabular.benign_label == (0 if benign == "0" else "0")
+    assert load_raw(config).family.tolist() == [BENIGN, cells[1], BENIGN]
+
+
+def test_a_boolean_benign_label_is_refused_naming_the_key():
+    with pytest.raises(ConfigError, match=r"data.tabular.benign_label: .*boolean True; quote it"):
+        load_config(
+            None, ["data.dataset=tabular", "data.tabular={path: t.csv, label_column: y, benign_label: yes}"]
+        )

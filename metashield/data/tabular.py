@@ -121,6 +121,19 @@ def _labels(values: pd.Series) -> np.ndarray:
     return values.astype(str).to_numpy(dtype=object)
 
 
+def _is_benign(labels: np.ndarray, benign_label: str | int) -> np.ndarray:
+    """True where a label (``_labels``) is ``benign_label``.
+
+    CSV cells are read as text, so an int ``benign_label`` is also compared as a number: a column written
+    as ``0.0``/``1.0`` (e.g. exported from a float column) matches ``benign_label=0`` like Parquet's does.
+    """
+    benign = labels == str(benign_label)
+    if isinstance(benign_label, int) and not isinstance(benign_label, bool):
+        numbers = pd.to_numeric(pd.Series(labels, dtype=object), errors="coerce").to_numpy()
+        benign |= numbers == benign_label
+    return benign
+
+
 def _check_columns(path: Path, present: list[str], role: str, names: Sequence[str]) -> None:
     unknown = [name for name in names if name not in present]
     if unknown:
@@ -233,7 +246,7 @@ def load_tabular(
         }
     )
     labels = _labels(raw[label_column])[keep]
-    family = np.where(labels == str(benign_label), BENIGN, labels).astype(object)
+    family = np.where(_is_benign(labels, benign_label), BENIGN, labels).astype(object)
     if not (family == BENIGN).any():
         logger.warning(
             "%s: no row has benign label %r; labels present include %s",
