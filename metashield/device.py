@@ -9,7 +9,11 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for but torch.cuda.is_available() is False")
+        # A ValueError, so the CLI reports it in one line: the user asked for something this machine lacks.
+        raise ValueError(
+            "device cuda was asked for, but torch.cuda.is_available() is False (a CPU build of torch, or "
+            "no GPU): use --device auto or cpu"
+        )
     if name not in ("cpu", "cuda"):
         raise ValueError(f"device must be auto, cpu or cuda, got {name!r}")
     return torch.device(name)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from metashield.checkpoint import load_checkpoint
+from metashield.checkpoint import load_checkpoint, versions
 from metashield.config import Config, config_from_dict
 from metashield.data import FeaturePipeline
 from metashield.data.download import file_sha256
@@ -44,7 +44,9 @@ def _check_data_files(recorded: dict[str, str], run_json: Path) -> None:
 
 
 def run_metadata(config: Config, prep: Prepared) -> dict:
-    """What ``run.json`` records: the config, the data files' sha256, the split, the fitted pipeline."""
+    """What ``run.json`` records: the config, the data files' sha256, the split, the fitted pipeline, and the
+    library versions of the process writing it (a run.json written before versions were recorded has none;
+    nothing reads them back)."""
     return {
         "config": config.model_dump(mode="json"),
         # sha256 of every user-supplied file, recorded on first use (registry files are pinned instead).
@@ -54,6 +56,7 @@ def run_metadata(config: Config, prep: Prepared) -> dict:
         "pipeline": prep.pipeline.to_dict(),
         "feature_names": list(prep.pipeline.feature_names),
         "in_dim": int(prep.X.shape[1]),
+        "versions": versions(),
     }
 
 

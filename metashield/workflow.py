@@ -29,7 +29,9 @@ from metashield.evaluation.novelty import novelty_scorer, tune_blend
 from metashield.evaluation.protocol import choice_stability, family_scores, mean_score, run_protocol
 from metashield.evaluation.report import (
     format_family_table,
+    format_paired,
     format_table,
+    paired_against,
     paired_difference,
     summarise_method,
 )
@@ -195,12 +197,14 @@ def evaluate_run(
     baselines: list[str] | None = None,
     ensemble: list[str] | None = None,
     novelty: list[str] | None = None,
+    device: str | None = None,
 ) -> dict:
     """Tune on meta-val, then score every method on identical meta-test episodes; writes ``metrics.json``.
 
     baselines, ensemble, novelty: replace the run config's ``evaluate.baselines`` (e.g. one added after the
     run was trained), ``evaluate.ensemble`` (the meta-learners averaged into the ``ensemble`` candidate) and
     ``evaluate.novelty``'s methods (each blended with benign novelty; its other settings stay the config's).
+    device: auto, cpu or cuda (None: the run config's), e.g. to evaluate on a CPU a run trained on a GPU.
     """
     run_dir = Path(run_dir)
     check_file_name(out_name, "out_name")
@@ -222,10 +226,10 @@ def evaluate_run(
     ec = config.evaluate
     shots = shots or ec.shots
     n_episodes = episodes_per_family or ec.episodes_per_family
-    device = resolve_device(config.device)
+    where = resolve_device(device or config.device)
     in_dim = int(meta["in_dim"])
     learners = {
-        a: load_model(config, in_dim, run_dir, a, a).to(device)
+        a: load_model(config, in_dim, run_dir, a, a).to(where)
         for a in config.train.algorithms
         if has_checkpoint(run_dir, a)
     }
@@ -234,10 +238,10 @@ def evaluate_run(
         raise FileNotFoundError(
             f"{run_dir}: no checkpoint for {missing}; run `metashield train` (or --resume) first"
         )
-    pretrained = load_model(config, in_dim, run_dir, "pretrained").to(device)
+    pretrained = load_model(config, in_dim, run_dir, "pretrained").to(where)
 
     def make_baseline(name: str, p: dict) -> Scorer:
-        return baseline_scorer(name, p, config, prep, pretrained, device)
+        return baseline_scorer(name, p, config, prep, pretrained, where)
 
     grids = baseline_grids(ec)
     report: dict = {
@@ -259,7 +263,7 @@ def evaluate_run(
         table, reference = novelty_table(config, prep)
     tables = []
     for k in shots:
-        val_sets = tuning_episode_sets(config, prep, k, device)
+        val_sets = tuning_episode_sets(config, prep, k, where)
         tuned, methods, val_family = {}, {}, {}
         for a, learner in learners.items():
             methods[a] = learner_scorer(learner)
@@ -308,7 +312,7 @@ def evaluate_run(
                 {b: val_family[b] for b in baseline_names}, seed=config.seed
             )
 
-        test_sets = held_out_episode_sets(config, prep, k, n_episodes, device)
+        test_sets = held_out_episode_sets(config, prep, k, n_episodes, where)
         if not test_sets:
             raise ValueError(f"{k}-shot: no meta-test family has at least {k + 1} rows")
         per_episode = run_protocol(methods, test_sets, seed=config.seed, base_rate=ec.base_rate)
@@ -333,6 +337,9 @@ def evaluate_run(
                 )
                 for metric in ("tpr@1%fpr", "auc")
             }
+            entry["paired_minus_best_baseline"] = {
+                "tpr@1%fpr": paired_against(per_episode, best_base, "tpr@1%fpr", seed=config.seed)
+            }
         report["shots"][str(k)] = entry
         marks = {best_meta: " *", **({best_base: " +"} if best_base else {})}
         tables.append(
@@ -348,6 +355,7 @@ def evaluate_run(
                 f"paired TPR@1%FPR {best_meta} - {best_base}: {100 * d['mean']:+.1f} points "
                 f"[{100 * d['family_ci'][0]:+.1f}, {100 * d['family_ci'][1]:+.1f}]"
             )
+            tables.append(format_paired(entry["paired_minus_best_baseline"]["tpr@1%fpr"], best_base))
         tables.append(
             "meta-val choice under a bootstrap of the meta-val families: "
             + "; ".join(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -45,6 +46,26 @@ def paired_difference(a: PerEpisode, b: PerEpisode, metric: str = "tpr@1%fpr", *
     """Mean paired difference a - b on the same episodes with a family-level bootstrap CI."""
     mean, lo, hi = paired_difference_ci(_by_family(a, metric), _by_family(b, metric), seed=seed)
     return {"metric": metric, "mean": mean, "family_ci": [lo, hi]}
+
+
+def paired_against(
+    per_episode: Mapping[str, PerEpisode], reference: str, metric: str = "tpr@1%fpr", *, seed: int = 0
+) -> dict[str, dict]:
+    """``paired_difference`` of every method but ``reference`` minus ``reference``, on the same episodes."""
+    return {
+        method: paired_difference(result, per_episode[reference], metric, seed=seed)
+        for method, result in per_episode.items()
+        if method != reference
+    }
+
+
+def format_paired(pairs: Mapping[str, Mapping], reference: str, width: int = 120) -> str:
+    """The means of ``paired_against`` in points, wrapped; their CIs are left to ``metrics.json`` so that a
+    dozen methods fit in two lines."""
+    metric = next(iter(pairs.values()))["metric"].upper()
+    means = ", ".join(f"{method} {100 * d['mean']:+.1f}" for method, d in pairs.items())
+    text = f"paired {metric} minus {reference} (points; CIs in metrics.json): {means}"
+    return textwrap.fill(text, width=width, subsequent_indent="  ", break_on_hyphens=False)
 
 
 def format_table(
