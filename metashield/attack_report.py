@@ -50,7 +50,8 @@ def format_attack_table(report: dict) -> str:
                 lines.append(
                     f"  eps={e:<6} clean {_pct(s['clean_tpr@1%fpr'])}  random flip "
                     f"{_pct(s['random_flip_tpr@1%fpr'])}  attacked {_pct(s['attacked_tpr@1%fpr'])}  "
-                    f"attacked - flip {_signed(s['attacked_minus_random_flip'])}"
+                    f"attacked - flip {_signed(s['attacked_minus_random_flip'])}  "
+                    f"constraint violations {sum(s['violations'].values())}"
                 )
     for key, pairs in report.get("paired", {}).items():
         for name, d in pairs.items():

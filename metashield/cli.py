@@ -14,7 +14,14 @@ import torch
 from metashield import __version__
 from metashield.attacks.state import compile_unavailable, set_compile
 from metashield.classify.config import DEMO_CONFIGS
-from metashield.cli_values import count, csv_baselines, csv_counts, csv_floats, csv_names, fraction
+from metashield.cli_values import (
+    count,
+    csv_baselines,
+    csv_budgets,
+    csv_counts,
+    csv_names,
+    fraction,
+)
 from metashield.config import BASELINES, DATASET_DEFAULTS, ConfigError, load_config
 from metashield.data import DownloadError
 from metashield.data.registry import UnknownDatasetError
@@ -110,6 +117,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         ensemble=args.ensemble,
         novelty=args.novelty,
         out_name=args.out_name,
+        device=args.device,
     )
     print(report["table"])
     print(f"\nmetrics written to {Path(args.run) / args.out_name}")
@@ -188,6 +196,8 @@ def cmd_attack(args: argparse.Namespace) -> int:
         mode=args.mode,
         attacker_benign=args.attacker_benign,
         out_name=args.out_name,
+        sanity=not args.no_sanity,
+        device=args.device,
     )
     print(report["table"])
     print(f"\nresults written to {Path(args.run) / args.out_name}")
@@ -273,6 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate", help="few-shot detection of held-out families, every method on the same episodes"
     )
     ev.add_argument("--run", type=Path, required=True)
+    ev.add_argument(
+        "--device", choices=["auto", "cpu", "cuda"], help="where to evaluate (default: the run config's)"
+    )
     ev.add_argument("--shots", type=csv_counts, help="e.g. 1,5,10 (default: the run config's)")
     ev.add_argument(
         "--episodes", type=count(1), help="episodes per held-out family (default: the run config's)"
@@ -327,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     at.add_argument(
         "--eps",
-        type=csv_floats,
+        type=csv_budgets,
         default=[0.05, 0.1, 0.2],
         help="budgets in z-units, e.g. 0.05,0.1; whole edits for --attack edits, e.g. 1,3,10",
     )
@@ -353,7 +366,19 @@ def build_parser() -> argparse.ArgumentParser:
         "run's benign validation slice (never the evaluation queries); 0: only the benign support rows",
     )
     at.add_argument(
-        "--optimiser", default="pgd", choices=list(PRESETS), help="support / end-to-end: the optimiser"
+        "--optimiser",
+        default="pgd",
+        # A benign start (mimicry) moves a malicious row to a benign one: not a perturbation of the row.
+        choices=[name for name, a in PRESETS.items() if a.start != "benign"],
+        help="support / end-to-end: the optimiser",
+    )
+    at.add_argument(
+        "--device", choices=["auto", "cpu", "cuda"], help="where to attack (default: the run config's)"
+    )
+    at.add_argument(
+        "--no-sanity",
+        action="store_true",
+        help="query attacks: skip the sanity checks (5x the steps, a huge eps, gradient-free vs white-box)",
     )
     at.add_argument("--out-name", default="attack.json", help="file written inside the run directory")
     at.set_defaults(func=cmd_attack)

@@ -4,6 +4,7 @@ argparse error naming the option at once, before any data is loaded."""
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
 
 from metashield.config import BASELINES
@@ -56,10 +57,20 @@ def csv_baselines(text: str) -> list[str]:
 
 
 def csv_floats(text: str) -> list[float]:
+    """Comma-separated numbers."""
     try:
         values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError as err:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from err
     if not values:
         raise argparse.ArgumentTypeError("expected at least one number")
+    return values
+
+
+def csv_budgets(text: str) -> list[float]:
+    """Comma-separated attack budgets: finite numbers >= 0."""
+    values = csv_floats(text)
+    bad = [v for v in values if not (math.isfinite(v) and v >= 0)]
+    if bad:
+        raise argparse.ArgumentTypeError(f"budgets must be finite numbers >= 0, got {text!r}")
     return values

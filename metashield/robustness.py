@@ -23,7 +23,13 @@ import torch
 from metashield._atomic import atomic_write_json, check_file_name
 from metashield.attack_report import format_attack_table
 from metashield.attack_targets import attack_targets
-from metashield.attacks.constraints import Constraints, box_constraints, compile_constraints
+from metashield.attacks.constraints import (
+    Constraints,
+    box_constraints,
+    check_eps,
+    compile_constraints,
+    sum_violations,
+)
 from metashield.attacks.fast_mlp import mlp_layers
 from metashield.attacks.presets import DEFAULT_ENSEMBLE, PRESETS, get_attack
 from metashield.attacks.support import MODES, adaptive_query_attack, poison_support
@@ -92,6 +98,8 @@ def attack_run(
     attacker_benign: int = 2000,
     seed: int | None = None,
     out_name: str = "attack.json",
+    sanity: bool = True,
+    device: str | None = None,
 ) -> dict:
     """Attack a trained run's meta-test episodes; writes ``<run>/<out_name>`` and returns the report.
 
@@ -100,6 +108,9 @@ def attack_run(
     every attack but ``edits``). attacker_benign (support threat): rows of benign traffic the attacker
     holds, drawn from the run's benign VALIDATION slice (never the test slice the evaluation queries come
     from) to estimate the detector's 1%-FPR threshold; 0: only the clean benign support rows.
+    sanity (query threat): run ``robust_evaluate``'s checks (5× the steps, a huge eps, gradient-free vs
+    white-box where the ensemble has both) and flag the ones that fail. device: auto, cpu or cuda (None: the
+    run config's).
     """
     run_dir = Path(run_dir)
     check_file_name(out_name, "out_name")
@@ -111,12 +122,20 @@ def attack_run(
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if attacker_benign < 0:
         raise ValueError(f"attacker_benign must be >= 0, got {attacker_benign}")
+    _check_budgets(eps, norm)
+    if threat != "query" or attack != "ensemble":
+        optimiser = get_attack(attack, norm=norm)
+        if threat != "query" and optimiser.start == "benign":
+            raise ValueError(
+                f"the {threat} threat cannot use {attack!r}: it starts from benign rows, and an attack "
+                "through adaptation perturbs malicious rows from themselves"
+            )
     config, prep, meta = load_run(run_dir)
     seed = config.seed if seed is None else seed
-    device = resolve_device(config.device)
-    learners = attack_targets(run_dir, config, prep, meta, methods, shots, device, threat)
+    where = resolve_device(device or config.device)
+    learners = attack_targets(run_dir, config, prep, meta, methods, shots, where, threat)
     feasible = _constraints(constraints, prep)
-    sets = held_out_episode_sets(config, prep, shots, episodes, device)
+    sets = held_out_episode_sets(config, prep, shots, episodes, where)
     report: dict = {
         "run": str(run_dir),
         "threat": threat,
@@ -138,20 +157,18 @@ def attack_run(
         report["methods"], report["per_episode"] = {}, {}
         for m, learner in learners.items():
             report["methods"][m], report["per_episode"][m] = _query_threat(
-                learner, sets, feasible, names, eps, norm, seed, sanity=attack == "ensemble"
+                learner, sets, feasible, names, eps, norm, seed, sanity=sanity
             )
         if len(learners) > 1:
             report["paired"] = _paired_methods(report["per_episode"], seed)
     elif threat == "end-to-end":
         report.update(attack=attack, queries_per_episode=own_samples)
         report["methods"] = {
-            m: _end_to_end_threat(
-                learner, sets, feasible, get_attack(attack, norm=norm), eps, own_samples, seed
-            )
+            m: _end_to_end_threat(learner, sets, feasible, optimiser, eps, own_samples, seed)
             for m, learner in learners.items()
         }
     else:
-        benign_ref = _attacker_benign(prep, attacker_benign, seed, device)
+        benign_ref = _attacker_benign(prep, attacker_benign, seed, where)
         report.update(
             fraction=fraction,
             mode=mode,
@@ -165,7 +182,7 @@ def attack_run(
                 learner,
                 sets,
                 feasible,
-                get_attack(attack, norm=norm),
+                optimiser,
                 eps,
                 fraction,
                 mode,
@@ -253,6 +270,16 @@ def _paired_methods(per_episode: dict[str, dict], seed: int) -> dict:
     return out
 
 
+def _check_budgets(eps: Sequence[float], norm: str) -> None:
+    """Refuse a bad budget before the run is loaded rather than after the first episodes."""
+    if not len(eps):
+        raise ValueError("eps is empty: give at least one budget")
+    for e in eps:
+        check_eps(e)
+        if norm == "edits" and e != int(e):
+            raise ValueError(f"an edits budget is a whole number of edits, got eps = {e}")
+
+
 def _episode_tpr(scores: np.ndarray, benign: np.ndarray, keep: np.ndarray) -> list[float]:
     y = np.r_[np.zeros(int(benign.sum())), np.ones(int(keep.sum()))]
     return [tpr_at_fpr(np.r_[s[benign], s[keep]], y, 0.01) for s in scores]
@@ -281,6 +308,7 @@ def _support_threat(
     raw: dict[str, dict[str, dict[str, list]]] = {}
     for e in eps:
         per = {"clean": {}, "random_flip": {}, "attacked": {}}
+        violations = []
         for fam, es in sets.items():
             benign = es.query_y[0] == 0
             attack_cols = np.flatnonzero(~benign)
@@ -303,14 +331,16 @@ def _support_threat(
                 common = dict(
                     fraction=fraction, constraints=feasible, attack=attack, seed=seed, benign_ref=benign_ref
                 )
+                ax, ay, ctl = poison_support(
+                    learner.adapt, learner.predict, sx, sy, own, mode=mode, eps=e, **common
+                )
+                violations.append(feasible.to(sx).violations(ax[ctl], sx[ctl], e, attack.norm))
                 variants = {
                     "clean": (sx, sy),
                     "random_flip": poison_support(
                         learner.adapt, learner.predict, sx, sy, own, mode="flip", eps=0.0, **common
                     )[:2],
-                    "attacked": poison_support(
-                        learner.adapt, learner.predict, sx, sy, own, mode=mode, eps=e, **common
-                    )[:2],
+                    "attacked": (ax, ay),
                 }
                 for key, (px, py) in variants.items():
                     with torch.no_grad():
@@ -324,6 +354,7 @@ def _support_threat(
             "drop_attacked": _paired(arrays["clean"], arrays["attacked"], seed),
             "drop_random_flip": _paired(arrays["clean"], arrays["random_flip"], seed),
             "attacked_minus_random_flip": _paired(arrays["attacked"], arrays["random_flip"], seed),
+            "violations": sum_violations(violations),
         }
     return results, raw
 
@@ -332,6 +363,7 @@ def _end_to_end_threat(learner, sets, feasible, attack, eps, n_queries, seed, ch
     """Per eps: TPR@1%FPR of the first ``n_queries`` attack queries of each episode when each one, clean or
     adversarial, sits in its own copy of the support set (in place of the last malicious row)."""
     per: dict[str, dict[str, list]] = {"clean": {}, **{str(e): {} for e in eps}}
+    violations = []
     for fam, es in sets.items():
         benign = es.query_y[0] == 0
         cols = np.flatnonzero(~benign)[:n_queries]
@@ -353,6 +385,7 @@ def _end_to_end_threat(learner, sets, feasible, attack, eps, n_queries, seed, ch
                     attack=attack,
                     seed=seed,
                 )
+                violations.append(feasible.to(queries).violations(adv, queries, e, attack.norm))
                 with torch.no_grad():
                     params = adapted(adv)
                     own = learner.predict(params, adv.reshape(t * a, 1, -1)).reshape(t, a, -1)
@@ -366,6 +399,7 @@ def _end_to_end_threat(learner, sets, feasible, attack, eps, n_queries, seed, ch
     return {
         "clean_tpr@1%fpr": _ci(arrays["clean"], seed),
         "robust_tpr@1%fpr": {str(e): _ci(arrays[str(e)], seed) for e in eps},
+        "violations": sum_violations(violations),
     }
 
 

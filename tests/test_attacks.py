@@ -387,6 +387,25 @@ def test_large_eps_frees_a_value_clipped_at_one_end_of_the_box():
     assert check["robust_tpr"] == 0.0 and "large_eps" not in out["flags"]
 
 
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_random_restarts_keep_each_samples_best_and_find_more(norm):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 32), nn.Tanh(), nn.Linear(32, 2)).double()
+    x0 = torch.randn(200, 6, dtype=torch.float64)
+    y = model(x0).argmax(-1)
+    objective = classifier_objective(model, y, "margin")
+    box = box_constraints(6, dtype=torch.float64)
+    once = get_attack("pgd", norm=norm, steps=3)
+    x1, s1 = perturb(objective, x0, attack=once, eps=0.5, constraints=box, seed=3)
+    x4, s4 = perturb(
+        objective, x0, attack=dataclasses.replace(once, restarts=4), eps=0.5, constraints=box, seed=3
+    )
+    # The first restart replays the single run (same seed), and each sample keeps its best iterate.
+    assert bool((s4 <= s1).all()) and bool((s4 < s1 - 1e-6).any())
+    torch.testing.assert_close(objective(x4)[1], s4)
+    assert int(sum(box.violations(x4, x0, 0.5, norm).values())) == 0
+
+
 def test_bad_attack_parameters_are_clear_errors():
     with pytest.raises(ValueError, match="loss must be one of"):
         Attack("x", loss="dlr")

@@ -77,6 +77,13 @@ def test_compile_without_the_python_headers_is_a_clear_error(data_home, tmp_path
         (["evaluate", "--run", "r", "--shots", ","], "--shots: expected comma-separated integers >= 1"),
         (["evaluate", "--run", "r", "--episodes", "x"], "--episodes: expected an integer, got 'x'"),
         (["--threads", "0", "data", "list"], "--threads: must be >= 1, got 0"),
+        (["attack", "--run", "r", "--eps", "0.1,-1"], "--eps: budgets must be finite numbers >= 0"),
+        (["attack", "--run", "r", "--eps", "nan"], "--eps: budgets must be finite numbers >= 0"),
+        (["attack", "--run", "r", "--eps", "0.1,x"], "--eps: expected comma-separated numbers"),
+        (
+            ["attack", "--run", "r", "--attack", "support", "--optimiser", "mimicry"],
+            "--optimiser: invalid choice: 'mimicry'",
+        ),
     ],
 )
 def test_bad_option_values_are_refused_before_any_work(argv, message, tmp_path, capsys):
@@ -89,3 +96,16 @@ def test_bad_option_values_are_refused_before_any_work(argv, message, tmp_path, 
 def test_version_returns_zero(capsys):
     assert main(["--version"]) == 0
     assert capsys.readouterr().out.startswith("metashield ")
+
+
+def test_cuda_on_a_machine_without_it_is_a_clear_error(monkeypatch):
+    import torch
+
+    from metashield.device import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(ValueError, match="use --device auto or cpu"):
+        resolve_device("cuda")
+    with pytest.raises(ValueError, match="device must be auto, cpu or cuda, got 'tpu'"):
+        resolve_device("tpu")

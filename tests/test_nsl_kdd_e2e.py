@@ -157,6 +157,8 @@ def test_cli_attack_ensemble_and_support_on_nsl_kdd(nsl_run, nsl_kdd_mirror, mon
     support = support_report["methods"]["maml"]["1.0"]
     assert set(support) >= {"clean_tpr@1%fpr", "random_flip_tpr@1%fpr", "attacked_tpr@1%fpr"}
     assert support["clean_tpr@1%fpr"]["mean"] > 0.2
+    # The controlled rows, relabelled and perturbed through the inner loop, still obey the NSL-KDD schema.
+    assert support["violations"] and sum(support["violations"].values()) == 0
     # The library checks what the CLI's option parsers refuse earlier (tests/test_cli.py).
     with pytest.raises(ValueError, match=r"fraction must be in \(0, 1\]"):
         attack_run(run, threat="support", attack="pgd", eps=[1.0], methods=["maml"], episodes=1, fraction=1.5)

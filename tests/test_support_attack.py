@@ -17,6 +17,7 @@ from metashield.attacks.support import (
 )
 from metashield.evaluation.metrics import threshold_at_fpr
 from metashield.meta import MAML, MetaSGD
+from metashield.robustness import attack_run
 
 
 def _learner(cls=MAML, **kw):
@@ -191,3 +192,21 @@ def test_adaptive_query_attack_differentiates_through_the_adaptation_it_triggers
             attack=get_attack("pgd"),
             slot=0,
         )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"eps": [0.1, -1.0]}, "eps must be a finite number >= 0"),
+        ({"eps": [float("inf")]}, "eps must be a finite number >= 0"),
+        ({"eps": []}, "eps is empty"),
+        ({"attack": "edits", "eps": [1.5]}, "whole number of edits"),
+        ({"attack": "nope"}, "unknown attack 'nope'"),
+        ({"threat": "support", "attack": "mimicry"}, "the support threat cannot use 'mimicry'"),
+        ({"threat": "end-to-end", "attack": "mimicry"}, "the end-to-end threat cannot use 'mimicry'"),
+    ],
+)
+def test_attack_run_refuses_bad_settings_before_it_loads_the_run(tmp_path, kwargs, message):
+    # The run directory does not exist: each setting must be refused before it is looked for.
+    with pytest.raises(ValueError, match=message):
+        attack_run(tmp_path / "missing", **kwargs)

@@ -16,13 +16,15 @@ import torch
 from conftest import write_synthetic_flows
 from safetensors.torch import load_file
 
-from metashield.checkpoint import load_checkpoint
+from metashield.baseline_tuning import baseline_scorer
+from metashield.checkpoint import load_checkpoint, versions
 from metashield.cli import main
 from metashield.config import load_config
 from metashield.evaluation.baselines import learner_scorer
+from metashield.evaluation.metrics import family_bootstrap_ci
 from metashield.evaluation.protocol import mean_metric, run_protocol
 from metashield.robustness import attack_run
-from metashield.runs import episode_sets, load_model, load_run
+from metashield.runs import episode_sets, held_out_episode_sets, load_model, load_run
 from metashield.workflow import evaluate_run, train_run
 
 TINY = [
@@ -88,8 +90,14 @@ def test_every_method_beats_chance_on_held_out_families(synthetic_run):
         assert s["tpr@5%fpr"]["mean"] > 0.5, (method, s["tpr@5%fpr"])
 
 
-def test_report_is_complete_and_selection_uses_meta_val(synthetic_run):
+def test_report_is_complete_and_selection_uses_meta_val(synthetic_run, tmp_path):
     run, report = synthetic_run
+    # run.json records the library versions as the checkpoints do; one written before that still loads.
+    saved = json.loads((run / "run.json").read_text())
+    assert saved["versions"] == versions()
+    del saved["versions"]
+    (tmp_path / "run.json").write_text(json.dumps(saved))
+    assert load_run(tmp_path)[2] == saved
     on_disk = json.loads((run / "metrics.json").read_text())
     assert on_disk["shots"]["5"]["best_meta_learner"] == report["shots"]["5"]["best_meta_learner"]
     entry = report["shots"]["5"]
@@ -115,6 +123,32 @@ def test_report_is_complete_and_selection_uses_meta_val(synthetic_run):
         assert sum(shares.values()) == pytest.approx(1.0) and chosen in shares
         assert shares[chosen] == max(shares.values()), (side, shares)
     assert "chosen in" in report["table"]
+
+    # Every method minus the val-chosen baseline, paired on the same test episodes; maml's by hand.
+    best_base = entry["best_baseline"]
+    pairs = entry["paired_minus_best_baseline"]["tpr@1%fpr"]
+    assert set(pairs) == set(entry["summary"]) - {best_base}
+    assert pairs[entry["best_meta_learner"]] == entry["paired_best_meta_minus_best_baseline"]["tpr@1%fpr"]
+    assert f"paired TPR@1%FPR minus {best_base}" in report["table"]
+    config, prep, meta = load_run(run)
+    in_dim, device = int(meta["in_dim"]), torch.device("cpu")
+    pretrained = load_model(config, in_dim, run, "pretrained")
+    scorers = {
+        "maml": learner_scorer(load_model(config, in_dim, run, "maml", "maml")),
+        best_base: baseline_scorer(
+            best_base, entry["tuned_baselines"][best_base]["params"], config, prep, pretrained, device
+        ),
+    }
+    test_sets = held_out_episode_sets(config, prep, 5, config.evaluate.episodes_per_family, device)
+    per_episode = run_protocol(scorers, test_sets, seed=config.seed, base_rate=config.evaluate.base_rate)
+    diffs = {
+        fam: np.array(
+            [a["tpr@1%fpr"] - b["tpr@1%fpr"] for a, b in zip(eps, per_episode[best_base][fam], strict=True)]
+        )
+        for fam, eps in per_episode["maml"].items()
+    }
+    assert pairs["maml"]["mean"] == pytest.approx(np.mean([d.mean() for d in diffs.values()]), abs=1e-12)
+    assert pairs["maml"]["family_ci"] == list(family_bootstrap_ci(diffs, seed=config.seed)[1:])
 
 
 def test_train_refuses_a_non_empty_run_directory(synthetic_run, tmp_path):
@@ -207,10 +241,15 @@ def test_cli_attack_lowers_detection_and_names_unattackable_methods(synthetic_ru
         clean = r["clean_tpr@1%fpr"]["mean"]
         weak, strong = (r["robust_tpr@1%fpr"][e]["mean"] for e in ("0.3", "3.0"))
         assert strong <= weak <= clean and strong < clean - 0.2, (method, clean, weak, strong)
+        # A single attack gets the sanity checks too; the gradient-free one needs Square in the ensemble.
+        assert set(r["sanity"]) == {"more_steps", "large_eps"} and r["flags"] == [], method
+    assert main([*base, "--attack", "pgd", "--eps", "0.3", "--no-sanity", "--out-name", "quick.json"]) == 0
+    quick = json.loads((run / "quick.json").read_text())["methods"]
+    assert all("sanity" not in r for r in quick.values())
     assert main(["attack", "--run", str(run), "--attack", "support", "--methods", "knn"]) == 2
     assert "scikit-learn's fit on the support set has no gradient" in capsys.readouterr().err
     assert main(["attack", "--run", str(run), "--eps", "-1"]) == 2
-    assert "eps must be a finite number >= 0" in capsys.readouterr().err
+    assert "--eps: budgets must be finite numbers >= 0" in capsys.readouterr().err
 
 
 def test_protonet_is_attacked_after_adaptation_but_not_through_it(synthetic_run, capsys):
@@ -249,6 +288,7 @@ def test_cli_end_to_end_attack_through_adaptation(synthetic_run, capsys):
     # Even though each query also teaches the model its own (perturbed) features as malicious, a large
     # budget still evades more than a small one.
     assert strong <= weak + 0.05 and strong < clean, (clean, weak, strong)
+    assert r["violations"] and sum(r["violations"].values()) == 0
     assert "robust TPR@1%FPR" in capsys.readouterr().out
 
 
@@ -306,6 +346,18 @@ def test_evaluate_scores_a_baseline_the_run_config_did_not_list(synthetic_run, t
         assert only["summary"][method] == full["shots"]["5"]["summary"][method], method
     assert main(["evaluate", "--run", str(run), "--baselines", "logreg,svm"]) == 2
     assert "baselines must be among" in capsys.readouterr().err
+
+
+def test_evaluate_and_attack_take_a_device_over_the_run_configs(synthetic_run, monkeypatch, capsys):
+    import torch
+
+    run, _ = synthetic_run
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for command in ("evaluate", "attack"):
+        # The run's config says auto; the option must reach the device check and win over it.
+        assert main([command, "--run", str(run), "--device", "cuda", "--out-name", "never.json"]) == 2
+        assert "use --device auto or cpu" in capsys.readouterr().err
+    assert not (run / "never.json").exists()
 
 
 def test_evaluate_ensemble_averages_the_named_meta_learners_and_competes_on_meta_val(synthetic_run, capsys):
