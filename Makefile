@@ -7,7 +7,8 @@ BIN := $(VENV)/bin
 
 # Inside the project workspace the dataset registry reads a local mirror; users get the public mirrors.
 SHARED_DATA := $(abspath $(CURDIR)/../shared/data)
-ifneq ($(wildcard $(SHARED_DATA)/README.md),)
+# The folder itself marks the mirror, README or not; `DIR/.` exists only when DIR is a folder.
+ifneq ($(wildcard $(SHARED_DATA)/.),)
 export METASHIELD_MIRROR ?= file://$(SHARED_DATA)
 endif
 
