@@ -3,6 +3,8 @@
 After meta-training, one inner gradient step on K=10 points of a new sine fits it far better than the same
 step from a network pretrained by plain regression on the same task distribution, which can only learn the
 mean (zero) function. The budget (2,500 meta-batches of 25 tasks) gives MSE ratios of about 0.3 across seeds.
+It is more than the issue's "a few thousand tasks" because fewer do not pass reliably (seeds 0-4, 2026-11-27):
+2,500 x 2 tasks gave ratios 0.63-0.70, 5,000 x 1 gave 0.50-0.65, 5,000 x 2 gave 0.43-0.49.
 """
 
 from __future__ import annotations
