@@ -167,7 +167,7 @@ def test_cli_reports_config_errors_without_traceback(capsys, tmp_path):
 def _train_cmd(csv: Path, out: Path, *extra: str) -> list[str]:
     sets = [
         a
-        for o in tabular_overrides(csv) + TINY + ["train.steps=200", "train.algorithms=[maml]"]
+        for o in tabular_overrides(csv) + TINY + ["train.steps=200", "train.algorithms=[reptile, metasgd]"]
         for a in ("--set", o)
     ]
     return [
@@ -195,26 +195,33 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path):
     proc = subprocess.Popen(
         _train_cmd(csv, part), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    deadline = time.time() + 120
+    # Killed inside the second algorithm: Reptile (plain outer step) is finished and must be kept, Meta-SGD
+    # (Adam moments, learned step sizes) must continue from its last state.
+    deadline = time.time() + 180
     while time.time() < deadline:
-        last = part / "maml.last.json"
+        last = part / "metasgd.last.json"
         if last.is_file() and json.loads(last.read_text())["state"]["step"] >= 50:
             break
         time.sleep(0.05)
     assert proc.poll() is None, "training finished before it could be killed; raise train.steps"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert json.loads((part / "maml.last.json").read_text())["state"]["finished"] is False
+    assert json.loads((part / "metasgd.last.json").read_text())["state"]["finished"] is False
 
     subprocess.run(_train_cmd(csv, part, "--resume"), check=True, env=env, capture_output=True)
-    a, b = load_file(str(full / "maml.safetensors")), load_file(str(part / "maml.safetensors"))
-    assert a.keys() == b.keys()
-    for k in a:
-        assert (a[k] == b[k]).all(), k
-    assert (
-        json.loads((full / "maml.json").read_text())["step"]
-        == json.loads((part / "maml.json").read_text())["step"]
-    )
+    weights = sorted(f.name for f in full.glob("*.safetensors"))
+    assert {"reptile.safetensors", "metasgd.safetensors", "pretrained.safetensors"} <= set(weights)
+    assert sorted(f.name for f in part.glob("*.safetensors")) == weights
+    for name in weights:
+        a, b = load_file(str(full / name)), load_file(str(part / name))
+        assert a.keys() == b.keys(), name
+        for k in a:
+            assert (a[k] == b[k]).all(), (name, k)
+    for algo in ("reptile", "metasgd"):
+        assert (
+            json.loads((full / f"{algo}.json").read_text())["step"]
+            == json.loads((part / f"{algo}.json").read_text())["step"]
+        ), algo
 
 
 def test_divergence_is_reported_with_the_step_and_what_to_lower(tmp_path, capsys):
