@@ -275,9 +275,7 @@ def _check_budgets(eps: Sequence[float], norm: str) -> None:
     if not len(eps):
         raise ValueError("eps is empty: give at least one budget")
     for e in eps:
-        check_eps(e)
-        if norm == "edits" and e != int(e):
-            raise ValueError(f"an edits budget is a whole number of edits, got eps = {e}")
+        check_eps(e, norm)
 
 
 def _episode_tpr(scores: np.ndarray, benign: np.ndarray, keep: np.ndarray) -> list[float]:

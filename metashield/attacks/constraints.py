@@ -34,9 +34,12 @@ def check_norm(norm: str) -> None:
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
 
 
-def check_eps(eps: float) -> None:
+def check_eps(eps: float, norm: str = "linf") -> None:
+    """A budget: a finite number >= 0 (z-units), and a whole number of edits for the ``edits`` norm."""
     if not (isinstance(eps, int | float) and math.isfinite(eps) and eps >= 0):
         raise ValueError(f"eps must be a finite number >= 0 (z-units), got {eps!r}")
+    if norm == "edits" and eps != int(eps):
+        raise ValueError(f"an edits budget is a whole number of edits, got eps = {eps}")
 
 
 def ball(delta: Tensor, eps: float, norm: str) -> Tensor:

@@ -146,9 +146,7 @@ def perturb(
     The result satisfies every constraint and the ``eps`` ball around ``x0``. Seeded: the same call gives
     the same result.
     """
-    check_eps(eps)
-    if attack.norm == "edits" and eps != int(eps):
-        raise ValueError(f"an edits budget is a whole number of edits, got eps = {eps}")
+    check_eps(eps, attack.norm)
     x0 = x0.detach()
     constraints = constraints.to(x0)
     if constraints.n_features != x0.shape[-1]:
