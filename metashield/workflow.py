@@ -331,15 +331,14 @@ def evaluate_run(
             "smallest_fpr_step": 1.0 / n_benign,
         }
         if best_base is not None:
+            pairs = paired_against(per_episode, best_base, "tpr@1%fpr", seed=config.seed)
             entry["paired_best_meta_minus_best_baseline"] = {
-                metric: paired_difference(
-                    per_episode[best_meta], per_episode[best_base], metric, seed=config.seed
-                )
-                for metric in ("tpr@1%fpr", "auc")
+                "tpr@1%fpr": pairs[best_meta],
+                "auc": paired_difference(
+                    per_episode[best_meta], per_episode[best_base], "auc", seed=config.seed
+                ),
             }
-            entry["paired_minus_best_baseline"] = {
-                "tpr@1%fpr": paired_against(per_episode, best_base, "tpr@1%fpr", seed=config.seed)
-            }
+            entry["paired_minus_best_baseline"] = {"tpr@1%fpr": pairs}
         report["shots"][str(k)] = entry
         marks = {best_meta: " *", **({best_base: " +"} if best_base else {})}
         tables.append(
