@@ -25,6 +25,7 @@ from metashield.cli_values import (
 from metashield.config import BASELINES, DATASET_DEFAULTS, ConfigError, load_config
 from metashield.data import DownloadError
 from metashield.data.registry import UnknownDatasetError
+from metashield.device import DEVICES
 from metashield.train import TrainingDiverged
 
 log = logging.getLogger("metashield")
@@ -61,9 +62,7 @@ def _config_args(p: argparse.ArgumentParser) -> None:
         help="seed for initialisation, training and evaluation episodes (bit-for-bit on CPU); the family "
         "split and benign slices follow split.seed",
     )
-    p.add_argument(
-        "--device", choices=["auto", "cpu", "cuda"], help="where to train (default: the config's, auto)"
-    )
+    p.add_argument("--device", choices=DEVICES, help="where to train (default: the config's, auto)")
 
 
 def _load(args: argparse.Namespace, base: list[str] | None = None):
@@ -283,9 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate", help="few-shot detection of held-out families, every method on the same episodes"
     )
     ev.add_argument("--run", type=Path, required=True)
-    ev.add_argument(
-        "--device", choices=["auto", "cpu", "cuda"], help="where to evaluate (default: the run config's)"
-    )
+    ev.add_argument("--device", choices=DEVICES, help="where to evaluate (default: the run config's)")
     ev.add_argument("--shots", type=csv_counts, help="e.g. 1,5,10 (default: the run config's)")
     ev.add_argument(
         "--episodes", type=count(1), help="episodes per held-out family (default: the run config's)"
@@ -372,9 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=[name for name, a in PRESETS.items() if a.start != "benign"],
         help="support / end-to-end: the optimiser",
     )
-    at.add_argument(
-        "--device", choices=["auto", "cpu", "cuda"], help="where to attack (default: the run config's)"
-    )
+    at.add_argument("--device", choices=DEVICES, help="where to attack (default: the run config's)")
     at.add_argument(
         "--no-sanity",
         action="store_true",

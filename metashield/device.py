@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import torch
 
+DEVICES = ("auto", "cpu", "cuda")
+"""The values ``--device`` and a config's ``device`` take."""
+
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
@@ -14,6 +17,6 @@ def resolve_device(name: str) -> torch.device:
             "device cuda was asked for, but torch.cuda.is_available() is False (a CPU build of torch, or "
             "no GPU): use --device auto or cpu"
         )
-    if name not in ("cpu", "cuda"):
+    if name not in DEVICES:
         raise ValueError(f"device must be auto, cpu or cuda, got {name!r}")
     return torch.device(name)
